@@ -1,0 +1,32 @@
+"""Stop reasons of §4 (auto-exit) and the skip reasons of §2, as the words events carry."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class StopReason(StrEnum):
+    """Why an enrollment stopped (§4). Also the skip reason of the steps it never reached."""
+
+    APPOINTMENT_BOOKED = "appointment_booked"
+    RESPONDED = "responded"
+    OPTED_OUT = "opted_out"
+    DEADLINE_PASSED = "deadline_passed"
+    APPOINTMENT_CANCELLED = "appointment_cancelled"
+    APPOINTMENT_ATTENDED = "appointment_attended"
+    MANUAL = "manual"
+
+
+class SkipReason(StrEnum):
+    """Why one step was not sent although the enrollment went on (§2, §4)."""
+
+    DUE_IN_PAST = "due_in_past"
+    OPTED_OUT = "opted_out"
+    MISSING_DATE = "missing_date"
+
+
+class IgnoreReason(StrEnum):
+    """Why a trigger enrolled nobody (§3)."""
+
+    APPOINTMENT_IN_PAST = "appointment_in_past"
+    CAMPAIGN_NOT_ACTIVE = "campaign_not_active"

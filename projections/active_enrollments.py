@@ -1,0 +1,62 @@
+"""Which enrollments of a patient are active: the index stop rules look up (§4).
+
+Inline read model, written with the events that start and end enrollments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from psycopg import Cursor
+
+from projections.sql import rows as _rows
+
+DDL = """
+CREATE TABLE IF NOT EXISTS active_enrollments (
+    enrollment_id uuid        PRIMARY KEY,
+    clinic_id     text        NOT NULL,
+    patient_id    text        NOT NULL,
+    campaign_id   uuid        NOT NULL,
+    started_at    timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS active_enrollments_patient
+    ON active_enrollments (clinic_id, patient_id);
+"""
+
+
+@dataclass(frozen=True)
+class Active:
+    enrollment_id: UUID
+    clinic_id: str
+    patient_id: str
+    campaign_id: UUID
+    started_at: datetime
+
+
+def write(cur: Cursor, upserts: Iterable[Active], deletes: Iterable[UUID]) -> None:
+    rows = [(a.enrollment_id, a.clinic_id, a.patient_id, a.campaign_id, a.started_at)
+            for a in upserts]
+    if rows:
+        cur.executemany("INSERT INTO active_enrollments VALUES (%s, %s, %s, %s, %s)"
+                        " ON CONFLICT (enrollment_id) DO NOTHING", rows)
+    ids = list(deletes)
+    if ids:
+        cur.execute("DELETE FROM active_enrollments WHERE enrollment_id = ANY(%s)", (ids,))
+
+
+def of_patients(cur: Cursor, patients: Iterable[tuple[str, str]]) -> dict[tuple[str, str], set[UUID]]:
+    """Active enrollment ids per (clinic_id, patient_id)."""
+    pairs = sorted(set(patients))
+    found: dict[tuple[str, str], set[UUID]] = {p: set() for p in pairs}
+    if not pairs:
+        return found
+    cur.execute(
+        "SELECT clinic_id, patient_id, enrollment_id FROM active_enrollments"
+        " WHERE (clinic_id, patient_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([c for c, _ in pairs], [p for _, p in pairs]))
+    for clinic_id, patient_id, enrollment_id in _rows(cur):
+        found[(clinic_id, patient_id)].add(enrollment_id)
+    return found

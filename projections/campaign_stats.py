@@ -1,0 +1,197 @@
+"""Campaign statistics and the enrollment list (§7), fed from the event log.
+
+Tables (all counts are integers; times UTC):
+- `campaigns(campaign_id, clinic_id, name, kind)`
+- `enrollments(enrollment_id, campaign_id, clinic_id, patient_id, subject, status,
+   stop_reason, steps_done, next_step_index, next_due_at, started_at, ended_at)`
+- `campaign_counts(campaign_id, metric, key, n)`: metric `enrolled|completed|stopped|
+   ignored|sent|skipped`, key = stop reason, ignore reason, or step name (`''` if none)
+- `step_skips(campaign_id, step, reason, n)`
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg import Cursor
+
+from projections.sql import rows
+
+DDL = """
+CREATE TABLE IF NOT EXISTS campaigns (
+    campaign_id uuid PRIMARY KEY, clinic_id text NOT NULL, name text NOT NULL,
+    kind text NOT NULL, steps jsonb NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enrollments (
+    enrollment_id uuid PRIMARY KEY, campaign_id uuid NOT NULL, clinic_id text NOT NULL,
+    patient_id text NOT NULL, subject text NOT NULL, status text NOT NULL,
+    stop_reason text, steps_done int NOT NULL DEFAULT 0, next_step_index int,
+    next_due_at timestamptz, started_at timestamptz NOT NULL, ended_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS enrollments_patient ON enrollments (clinic_id, patient_id);
+CREATE TABLE IF NOT EXISTS campaign_counts (
+    campaign_id uuid NOT NULL, metric text NOT NULL, key text NOT NULL, n bigint NOT NULL,
+    PRIMARY KEY (campaign_id, metric, key)
+);
+CREATE TABLE IF NOT EXISTS step_skips (
+    campaign_id uuid NOT NULL, step text NOT NULL, reason text NOT NULL, n bigint NOT NULL,
+    PRIMARY KEY (campaign_id, step, reason)
+);
+"""
+
+COLUMNS = ("enrollment_id", "campaign_id", "clinic_id", "patient_id", "subject", "status",
+           "stop_reason", "steps_done", "next_step_index", "next_due_at", "started_at",
+           "ended_at")
+
+
+def apply(cur: Cursor, events: Sequence[Any]) -> None:
+    """Fold one page of domain events into the tables (caller owns the transaction)."""
+    page = _Page(cur)
+    page.prefetch({ev.originator_id for ev in events
+                   if type(ev).__qualname__.startswith("Enrollment.")})
+    for ev in events:
+        handler = _HANDLERS.get(type(ev).__qualname__)
+        if handler is not None:
+            handler(page, ev)
+    page.write()
+
+
+class _Page:
+    def __init__(self, cur: Cursor) -> None:
+        self.cur = cur
+        self.rows: dict[UUID, dict[str, Any]] = {}
+        self.counts: Counter[tuple[UUID, str, str]] = Counter()
+        self.skips: Counter[tuple[UUID, str, str]] = Counter()
+        self.campaigns: list[tuple] = []
+
+    def prefetch(self, ids: set[UUID]) -> None:
+        """Load the rows of a page's enrollments with one query."""
+        self.cur.execute(f"SELECT {', '.join(COLUMNS)} FROM enrollments"
+                         " WHERE enrollment_id = ANY(%s)", (list(ids),))
+        for found in rows(self.cur):
+            self.rows[found[0]] = dict(zip(COLUMNS, found, strict=True))
+
+    def row(self, eid: UUID) -> dict[str, Any]:
+        if eid not in self.rows:
+            cols = ", ".join(COLUMNS)
+            self.cur.execute(f"SELECT {cols} FROM enrollments WHERE enrollment_id = %s", (eid,))
+            found = rows(self.cur)
+            self.rows[eid] = dict(zip(COLUMNS, found[0], strict=True))
+        return self.rows[eid]
+
+    def write(self) -> None:
+        if self.campaigns:
+            self.cur.executemany(
+                "INSERT INTO campaigns VALUES (%s, %s, %s, %s, %s) ON CONFLICT (campaign_id)"
+                " DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,"
+                " steps = EXCLUDED.steps",
+                [(c[0], c[1], c[2], c[3], json.dumps(c[4])) for c in self.campaigns])
+        if self.rows:
+            cols = ", ".join(COLUMNS)
+            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[5:])
+            self.cur.executemany(
+                f"INSERT INTO enrollments ({cols}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+                f" ON CONFLICT (enrollment_id) DO UPDATE SET {updates}",
+                [tuple(r[c] for c in COLUMNS) for r in self.rows.values()])
+        if self.counts:
+            self.cur.executemany(
+                "INSERT INTO campaign_counts VALUES (%s, %s, %s, %s) ON CONFLICT"
+                " (campaign_id, metric, key) DO UPDATE SET n = campaign_counts.n + EXCLUDED.n",
+                [(*k, n) for k, n in sorted(self.counts.items())])
+        if self.skips:
+            self.cur.executemany(
+                "INSERT INTO step_skips VALUES (%s, %s, %s, %s) ON CONFLICT"
+                " (campaign_id, step, reason) DO UPDATE SET n = step_skips.n + EXCLUDED.n",
+                [(*k, n) for k, n in sorted(self.skips.items())])
+
+
+def _campaign_defined(page: _Page, ev: Any) -> None:
+    d = ev.definition
+    page.campaigns.append((ev.originator_id, d["clinic_id"], d["name"], d["kind"],
+                           [s["name"] for s in d["steps"]]))
+
+
+def _created(page: _Page, ev: Any, status: str) -> dict[str, Any]:
+    row = dict.fromkeys(COLUMNS)
+    row.update(enrollment_id=ev.originator_id, campaign_id=ev.campaign_id,
+               clinic_id=ev.clinic_id, patient_id=ev.patient_id, subject=ev.subject,
+               status=status, steps_done=0, started_at=ev.at)
+    page.rows[ev.originator_id] = row
+    return row
+
+
+def _enrolled(page: _Page, ev: Any) -> None:
+    _created(page, ev, "active")
+    page.counts[(ev.campaign_id, "enrolled", "")] += 1
+
+
+def _ignored(page: _Page, ev: Any) -> None:
+    row = _created(page, ev, "ignored")
+    row.update(stop_reason=ev.reason, ended_at=ev.at)
+    page.counts[(ev.campaign_id, "ignored", ev.reason)] += 1
+
+
+def _scheduled(page: _Page, ev: Any) -> None:
+    page.row(ev.originator_id).update(next_step_index=ev.index, next_due_at=ev.due_at)
+
+
+def _sent(page: _Page, ev: Any) -> None:
+    row = page.row(ev.originator_id)
+    row.update(steps_done=ev.index + 1, next_step_index=None, next_due_at=None)
+    page.counts[(row["campaign_id"], "sent", ev.step)] += 1
+
+
+def _skipped(page: _Page, ev: Any) -> None:
+    row = page.row(ev.originator_id)
+    row.update(steps_done=ev.index + 1, next_step_index=None, next_due_at=None)
+    page.counts[(row["campaign_id"], "skipped", ev.step)] += 1
+    page.skips[(row["campaign_id"], ev.step, ev.reason)] += 1
+
+
+def _ended(page: _Page, ev: Any, status: str, reason: str | None) -> None:
+    row = page.row(ev.originator_id)
+    row.update(status=status, stop_reason=reason, ended_at=ev.at, next_step_index=None,
+               next_due_at=None)
+    page.counts[(row["campaign_id"], status, reason or "")] += 1
+
+
+_HANDLERS = {
+    "Campaign.Defined": _campaign_defined,
+    "Enrollment.Enrolled": _enrolled,
+    "Enrollment.Ignored": _ignored,
+    "Enrollment.StepScheduled": _scheduled,
+    "Enrollment.MessageSent": _sent,
+    "Enrollment.StepSkipped": _skipped,
+    "Enrollment.Stopped": lambda page, ev: _ended(page, ev, "stopped", ev.reason),
+    "Enrollment.Completed": lambda page, ev: _ended(page, ev, "completed", None),
+}
+
+
+def report(cur: Cursor) -> dict[str, Any]:
+    """The `drip report --json` shape, read from the tables only.
+
+    `{"campaigns": {name: {"enrolled", "completed", "stopped": {reason: n},
+      "steps": {step: {"sent", "skipped"}}}}, "ignored": {reason: n}}`
+    """
+    cur.execute("SELECT campaign_id, name, steps FROM campaigns ORDER BY name")
+    campaigns = {cid: (name, steps) for cid, name, steps in rows(cur)}
+    out: dict[str, Any] = {"campaigns": {}, "ignored": {}}
+    for cid, (name, steps) in campaigns.items():
+        out["campaigns"][name] = {"enrolled": 0, "completed": 0, "stopped": {},
+                                  "steps": {s: {"sent": 0, "skipped": 0} for s in steps}}
+    cur.execute("SELECT campaign_id, metric, key, n FROM campaign_counts ORDER BY 1, 2, 3")
+    for cid, metric, key, n in rows(cur):
+        c = out["campaigns"][campaigns[cid][0]]
+        if metric in ("enrolled", "completed"):
+            c[metric] += n
+        elif metric == "stopped":
+            c["stopped"][key] = n
+        elif metric in ("sent", "skipped"):
+            c["steps"].setdefault(key, {"sent": 0, "skipped": 0})[metric] += n
+        elif metric == "ignored":
+            out["ignored"][key] = out["ignored"].get(key, 0) + n
+    return out

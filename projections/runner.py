@@ -1,0 +1,54 @@
+"""Followers of the event log with tracked positions (§7 "replayable, exactly-once").
+
+A `LogFollower` reads the notification log after its position in pages, hands each
+page to `apply(cur, notifications)`, and moves its position in the same transaction
+as what `apply` wrote. Pages (not single events) make a rebuild of 10^6 events quick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from eventsourcing.persistence import Notification
+from psycopg import Connection, Cursor
+
+from projections.sql import rows
+
+DDL = """
+CREATE TABLE IF NOT EXISTS log_positions (
+    name     text   PRIMARY KEY,
+    position bigint NOT NULL
+);
+"""
+
+Reader = Callable[[int, int], Sequence[Notification]]
+
+
+def position(cur: Cursor, name: str) -> int:
+    cur.execute("SELECT position FROM log_positions WHERE name = %s", (name,))
+    found = rows(cur)
+    return found[0][0] if found else 0
+
+
+def set_position(cur: Cursor, name: str, value: int) -> None:
+    cur.execute("INSERT INTO log_positions VALUES (%s, %s) ON CONFLICT (name)"
+                " DO UPDATE SET position = EXCLUDED.position", (name, value))
+
+
+def follow_once(conn: Connection[Any], name: str, read: Reader,
+                apply: Callable[[Cursor, Sequence[Notification]], None], limit: int) -> int:
+    """Apply the next page after `name`'s position; returns how many notifications it held.
+
+    The position row is locked first, so two followers of one name never apply a page
+    twice.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("INSERT INTO log_positions VALUES (%s, 0) ON CONFLICT DO NOTHING", (name,))
+        cur.execute("SELECT position FROM log_positions WHERE name = %s FOR UPDATE", (name,))
+        after = rows(cur)[0][0]
+        page = read(after, limit)
+        if page:
+            apply(cur, page)
+            set_position(cur, name, page[-1].id)
+        return len(page)

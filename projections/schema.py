@@ -1,0 +1,16 @@
+"""Every table drip owns, created idempotently, and the reset `drip demo` starts from."""
+
+from __future__ import annotations
+
+from psycopg import Connection
+
+from projections import campaign_stats, inline, runner
+
+DDL = inline.DDL + runner.DDL + campaign_stats.DDL
+
+
+def reset(conn: Connection) -> None:
+    """Drop everything in the `public` schema: the event store and every read model."""
+    with conn.transaction():
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public")

@@ -1,0 +1,84 @@
+"""Durable timers: the one pending step of each active enrollment and its due time (§2).
+
+An inline read model: rows are written in the same transaction as the `StepScheduled`
+events they mirror, so the timer service never misses nor invents a step. The timer
+service claims rows due at or before its clock, publishes `step.due`, and marks them
+fired; the step-due handler's transaction replaces or deletes the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from psycopg import Cursor
+
+from projections.sql import rows as _rows
+
+DDL = """
+CREATE TABLE IF NOT EXISTS due_timers (
+    enrollment_id uuid        PRIMARY KEY,
+    clinic_id     text        NOT NULL,
+    patient_id    text        NOT NULL,
+    step_index    int         NOT NULL,
+    due_at        timestamptz NOT NULL,
+    fired_at      timestamptz
+);
+CREATE INDEX IF NOT EXISTS due_timers_due ON due_timers (due_at) WHERE fired_at IS NULL;
+"""
+
+
+@dataclass(frozen=True)
+class Timer:
+    """Step `step_index` of `enrollment_id` falls due at `due_at` (UTC)."""
+
+    enrollment_id: UUID
+    clinic_id: str
+    patient_id: str
+    step_index: int
+    due_at: datetime
+
+
+def write(cur: Cursor, upserts: Iterable[Timer], deletes: Iterable[UUID]) -> None:
+    rows = [(t.enrollment_id, t.clinic_id, t.patient_id, t.step_index, t.due_at) for t in upserts]
+    if rows:
+        cur.executemany(
+            "INSERT INTO due_timers VALUES (%s, %s, %s, %s, %s, NULL)"
+            " ON CONFLICT (enrollment_id) DO UPDATE SET step_index = EXCLUDED.step_index,"
+            " due_at = EXCLUDED.due_at, fired_at = NULL", rows)
+    ids = list(deletes)
+    if ids:
+        cur.execute("DELETE FROM due_timers WHERE enrollment_id = ANY(%s)", (ids,))
+
+
+def claim_due(cur: Cursor, now: datetime, limit: int) -> list[Timer]:
+    """Unfired timers due at or before `now` (UTC), earliest first, locked for this claim."""
+    cur.execute(
+        "SELECT enrollment_id, clinic_id, patient_id, step_index, due_at FROM due_timers"
+        " WHERE fired_at IS NULL AND due_at <= %s ORDER BY due_at, enrollment_id"
+        " LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit))
+    return [Timer(*r) for r in _rows(cur)]
+
+
+def mark_fired(cur: Cursor, timers: Iterable[Timer], at: datetime) -> None:
+    rows = [(at, t.enrollment_id, t.step_index, t.due_at) for t in timers]
+    if rows:
+        cur.executemany(
+            "UPDATE due_timers SET fired_at = %s WHERE enrollment_id = %s"
+            " AND step_index = %s AND due_at = %s", rows)
+
+
+def count_due(cur: Cursor, until: datetime | None = None) -> int:
+    """Timers (fired or not) whose step is still pending at or before `until` (all if None)."""
+    if until is None:
+        cur.execute("SELECT count(*) FROM due_timers")
+    else:
+        cur.execute("SELECT count(*) FROM due_timers WHERE due_at <= %s", (until,))
+    return _rows(cur)[0][0]
+
+
+def next_due(cur: Cursor) -> datetime | None:
+    cur.execute("SELECT min(due_at) FROM due_timers")
+    return _rows(cur)[0][0]

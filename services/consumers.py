@@ -1,0 +1,98 @@
+"""FastStream Kafka subscribers: upstream events and `step.due` timers.
+
+Each subscriber takes batches, parses every record itself (a malformed one is
+dead-lettered once instead of being redelivered forever), hands the batch to one use
+case, and acknowledges only after the PostgreSQL commit (`AckPolicy.NACK_ON_ERROR`:
+an infrastructure failure rewinds and retries). Positions kept in PostgreSQL make a
+redelivery a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import IntegrityError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from contracts.envelope import InvalidMessage, parse_envelope
+from contracts.timers import StepDueV1
+from contracts.topics import UPSTREAM_SCHEMAS, Topics
+from services.application import DripApplication, Inbound
+from services.dead_letters import to_dead_letters
+from services.settings import Settings
+
+log = structlog.get_logger("drip.consumers")
+CONFLICT_RETRIES = 8
+
+
+def parse_upstream(raw: bytes) -> Any:
+    return parse_envelope(raw, UPSTREAM_SCHEMAS)
+
+
+def parse_step_due(raw: bytes) -> StepDueV1:
+    try:
+        return StepDueV1.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidMessage(f"invalid step.due: {exc.errors()[0]['msg']}") from None
+
+
+def to_inbound(records: Sequence[Any], parse: Callable[[bytes], Any]) -> list[Inbound]:
+    out = []
+    for r in records:
+        try:
+            out.append(Inbound(r.topic, r.partition, r.offset, r.key, r.value,
+                               message=parse(r.value or b"")))
+        except InvalidMessage as exc:
+            out.append(Inbound(r.topic, r.partition, r.offset, r.key, r.value, error=exc.reason))
+    return out
+
+
+async def handle_batch(app: DripApplication, broker: KafkaBroker, topics: Topics,
+                       consumer: str, use_case: Callable[[str, Sequence[Inbound]], Any],
+                       batch: list[Inbound]) -> None:
+    """Run `use_case` off the event loop; retry when a concurrent writer won the race."""
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            uow = await asyncio.to_thread(use_case, consumer, batch)
+            break
+        except IntegrityError:
+            log.info("batch conflicted, retrying", consumer=consumer, attempt=attempt)
+            await asyncio.sleep(0.01 * 2**attempt)
+    else:
+        raise RuntimeError(f"{consumer}: batch kept conflicting")
+    letters = uow.effects.dead_letters
+    if letters:
+        for d in letters:
+            log.warning("dead-lettered", consumer=consumer, topic=d.topic,
+                        partition=d.partition, offset=d.offset, reason=d.reason)
+        await to_dead_letters(broker, topics.dead_letters, letters)
+
+
+def _raw(msg: Any) -> Any:
+    return None  # bodies are parsed in the handler, record by record
+
+
+def register(broker: KafkaBroker, app: DripApplication, settings: Settings) -> None:
+    """Attach the upstream and step-due subscribers to `broker`."""
+    topics = Topics(settings.topic_prefix)
+    common: dict[str, Any] = dict(batch=True, max_records=settings.batch_size,
+                                  batch_timeout_ms=50, auto_offset_reset="earliest",
+                                  ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_raw)
+    upstream_group = f"{settings.consumer_prefix}.upstream"
+    step_group = f"{settings.consumer_prefix}.step-due"
+
+    @broker.subscriber(*topics.upstream, group_id=upstream_group, **common)
+    async def on_upstream(body: Any, msg: KafkaMessage) -> None:
+        batch = to_inbound(msg.raw_message, parse_upstream)
+        await handle_batch(app, broker, topics, upstream_group, app.handle_upstream, batch)
+
+    @broker.subscriber(topics.step_due, group_id=step_group, **common)
+    async def on_step_due(body: Any, msg: KafkaMessage) -> None:
+        batch = to_inbound(msg.raw_message, parse_step_due)
+        await handle_batch(app, broker, topics, step_group, app.handle_step_due, batch)

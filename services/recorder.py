@@ -1,0 +1,46 @@
+"""eventsourcing's PostgreSQL recorder, extended to write inline read models in the
+events' own transaction, and to load many aggregates' events in one query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
+from projections.inline import InlineEffects
+from projections.schema import DDL
+
+
+class DripRecorder(PostgresApplicationRecorder):
+    """Writes `effects=InlineEffects(...)` passed to `Application.save` atomically."""
+
+    def create_table(self) -> None:
+        super().create_table()
+        with self.datastore.transaction(commit=True) as cur:
+            cur.execute(DDL)
+
+    def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
+                       **kwargs: Any) -> None:
+        effects: InlineEffects | None = kwargs.get("effects")
+        if effects is not None:
+            effects.write(curs)
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def select_events_of(self, ids: Sequence[UUID]) -> list[StoredEvent]:
+        """Every stored event of the given aggregates, by aggregate then version."""
+        if not ids:
+            return []
+        sql = (f"SELECT originator_id, originator_version, topic, state FROM "
+               f"{self.events_table_name} WHERE originator_id = ANY(%s)"
+               f" ORDER BY originator_id, originator_version")
+        with self.datastore.transaction(commit=False) as cur:
+            cur.execute(sql, (list(ids),))
+            return [StoredEvent(originator_id=r["originator_id"],
+                                originator_version=r["originator_version"],
+                                topic=r["topic"], state=bytes(r["state"]))
+                    for r in cur.fetchall()]

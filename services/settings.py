@@ -1,0 +1,39 @@
+"""One settings object for the whole process, read from `DRIP_*` environment variables."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Endpoints and knobs. `DRIP_KAFKA_BOOTSTRAP`, `DRIP_DATABASE_URL`, `DRIP_TOPIC_PREFIX`..."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIP_", extra="forbid")
+
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port of a Kafka broker")
+    database_url: str = Field("postgresql://drip:drip@127.0.0.1:54329/drip",
+                              description="PostgreSQL URL of the event store and read models")
+    topic_prefix: str = Field("drip", description="Prefix of every topic name")
+    consumer_prefix: str = Field("drip", description="Prefix of consumer group names")
+    batch_size: int = Field(500, description="Kafka records per handler batch")
+    timer_batch: int = Field(5000, description="Timers claimed per timer-service round")
+    poll_seconds: float = Field(0.05, description="Idle wait of polling loops (seconds)")
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """eventsourcing's own env, derived from `database_url` (STYLE §6)."""
+        url = urlparse(self.database_url)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "APPLICATION_RECORDER_TOPIC": "services.recorder:DripRecorder",
+            "POSTGRES_DBNAME": url.path.lstrip("/"),
+            "POSTGRES_HOST": url.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": unquote(url.username or ""),
+            "POSTGRES_PASSWORD": unquote(url.password or ""),
+            "POSTGRES_POOL_SIZE": "6",
+            "POSTGRES_LOCK_TIMEOUT": "30",
+            "CREATE_TABLE": "true",
+        }
