@@ -14,7 +14,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.errors import InvalidCampaign
-from domain.schedule import Wait
+from domain.schedule import ENROLLMENT, PREVIOUS_STEP, Wait
 from domain.stop_rules import StopReason
 
 CHANNELS = frozenset({"sms", "email", "whatsapp", "push", "in_app"})
@@ -75,6 +75,11 @@ class CampaignDefinition:
     @property
     def id(self) -> UUID:
         return campaign_id(self.clinic_id, self.name)
+
+    @property
+    def date_fields(self) -> frozenset[str]:
+        """The subject's dates the steps wait on (wait-until anchors)."""
+        return frozenset(s.wait.anchor for s in self.steps) - {ENROLLMENT, PREVIOUS_STEP}
 
     def stops_on(self, reason: StopReason) -> bool:
         return reason in self.stop_rules

@@ -21,6 +21,7 @@ from domain.errors import MissingDate
 from domain.stop_rules import IgnoreReason, SkipReason, StopReason
 
 ACTIVE, COMPLETED, STOPPED, IGNORED = "active", "completed", "stopped", "ignored"
+STARTS_AT = "appointment.starts_at"
 
 
 def enrollment_id(campaign_id: UUID, subject: str) -> UUID:
@@ -75,14 +76,14 @@ class Enrollment(Aggregate):
                at: datetime, cause: str, dates: dict[str, datetime]) -> Enrollment:
         """Start an enrollment at `at` and schedule its first step (§3).
 
-        A trigger whose appointment does not start after `at` enrolls nobody: the
-        enrollment is recorded as `Ignored(appointment_in_past)`.
+        For a campaign that waits on `appointment.starts_at` (reminders), an appointment
+        that does not start after `at` enrolls nobody: `Ignored(appointment_in_past)`.
         """
         common = dict(id=enrollment_id(campaign.id, subject), campaign_id=campaign.id,
                       campaign_version=campaign.version, clinic_id=campaign.clinic_id,
                       patient_id=patient_id, subject=subject, at=at, cause=cause)
-        starts_at = dates.get("appointment.starts_at")
-        if campaign.subject == "appointment" and starts_at is not None and starts_at <= at:
+        starts_at = dates.get(STARTS_AT)
+        if STARTS_AT in campaign.date_fields and starts_at is not None and starts_at <= at:
             return cls._create(cls.Ignored, reason=IgnoreReason.APPOINTMENT_IN_PAST.value,
                                **common)
         enrollment = cls._create(cls.Enrolled, dates=dates, **common)

@@ -210,7 +210,7 @@ EOF
   mv "$work/libs" "$KAFKA_LIBS"
   mv "$work/pom.xml" "$KAFKA_CACHE/pom.xml"
   rm -rf "$work"
-  ls "$KAFKA_LIBS"/*.jar | wc -l >"$KAFKA_LIBS_MARKER"
+  find "$KAFKA_LIBS" -name '*.jar' | wc -l >"$KAFKA_LIBS_MARKER"
   log "cached $(cat "$KAFKA_LIBS_MARKER") jars in $KAFKA_LIBS"
   exec 8>&-
 }
@@ -408,13 +408,13 @@ wait_for_kafka() {
   local started_here=$1 deadline=$((SECONDS + KAFKA_START_TIMEOUT))
   until kafka_probe; do
     if [ "$started_here" = 1 ] && ! kafka_pid >/dev/null; then
-      tail_log "$KAFKA_CONSOLE_LOG"
-      tail_log "$KAFKA_LOG"
+      tail_log "$KAFKA_CONSOLE_LOG" 30
+      tail_log "$KAFKA_LOG" 15
       die "Kafka exited during startup (logs above)"
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
-      tail_log "$KAFKA_CONSOLE_LOG"
-      tail_log "$KAFKA_LOG"
+      tail_log "$KAFKA_CONSOLE_LOG" 30
+      tail_log "$KAFKA_LOG" 15
       die "Kafka did not answer on $HOST:$KAFKA_PORT within ${KAFKA_START_TIMEOUT}s (logs above)"
     fi
     sleep 0.5
@@ -440,6 +440,10 @@ kafka_begin() {
     log "Kafka (pid $(kafka_pid)) is still starting; waiting for it"
     return 0
   fi
+  # The broker port is free; the controller port must be free too, or the
+  # broker would boot for seconds and then die on a bind error.
+  port_open "$KAFKA_CONTROLLER_PORT" &&
+    die "port $KAFKA_CONTROLLER_PORT (Kafka controller = DRIP_KAFKA_PORT+1) is taken by another process"
   ensure_java_and_maven
   ensure_kafka_libs
   start_kafka
@@ -507,7 +511,8 @@ find_pg_bin() {
   if command -v pg_ctl >/dev/null 2>&1; then
     candidates+=("$(dirname "$(readlink -f "$(command -v pg_ctl)")")")
   fi
-  while IFS= read -r dir; do candidates+=("$dir"); done < <(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -rn)
+  # Newest major first; an unmatched glob stays literal and fails the -x test.
+  while IFS= read -r dir; do candidates+=("$dir"); done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -t/ -k4 -rn)
   for dir in "${candidates[@]}"; do
     if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
       PG_BIN=$dir

@@ -8,6 +8,7 @@ idempotency key (enrollment:step:attempt) that gateways dedupe on (§6).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ class Projector:
     def __init__(self, app: DripApplication, database_url: str, page: int = 2000) -> None:
         self.app, self.database_url, self.page = app, database_url, page
         self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()  # one connection: the loop and catch_up take turns
 
     def _read(self, after: int, limit: int) -> Sequence[Notification]:
         return self.app.notifications(after, limit)
@@ -42,9 +44,10 @@ class Projector:
 
     def step(self) -> int:
         """Apply one page; returns how many notifications it held (0 = caught up)."""
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url)
-        return runner.follow_once(self._conn, self.name, self._read, self._apply, self.page)
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.database_url)
+            return runner.follow_once(self._conn, self.name, self._read, self._apply, self.page)
 
     def catch_up(self) -> int:
         total = 0
@@ -70,6 +73,7 @@ class Dispatcher:
         self.database_url, self.page = database_url, page
         self.relayed = 0
         self._conn: psycopg.Connection | None = None
+        self._lock = asyncio.Lock()  # one connection: the loop and drain take turns
 
     def _claim(self) -> tuple[int, list[Notification]]:
         if self._conn is None or self._conn.closed:
@@ -90,6 +94,10 @@ class Dispatcher:
 
     async def relay_once(self) -> int:
         """Publish the next page of sends; returns how many were relayed."""
+        async with self._lock:
+            return await self._relay_once()
+
+    async def _relay_once(self) -> int:
         after, page = await asyncio.to_thread(self._claim)
         try:
             await asyncio.gather(*(self._publish(n) for n in page))

@@ -1,0 +1,126 @@
+"""The `drip` command: infrastructure, services, the demo, the report (Typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from projections import campaign_stats, dead_letters
+from services import infra
+from services.settings import Settings
+
+app = typer.Typer(help="drip: event-sourced drip campaigns on Kafka and PostgreSQL.",
+                  no_args_is_help=True)
+infra_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL, on loopback.")
+app.add_typer(infra_app, name="infra")
+console = Console()
+
+
+def settings_with_infra() -> Settings:
+    """Settings whose endpoints come from DRIP_* or from the stack `infra up` starts."""
+    endpoints = infra.endpoints_from_env_or_up()
+    os.environ.setdefault("DRIP_KAFKA_BOOTSTRAP", endpoints.kafka_bootstrap)
+    os.environ.setdefault("DRIP_DATABASE_URL", endpoints.database_url)
+    return Settings()
+
+
+@infra_app.command("up")
+def infra_up() -> None:
+    """Install (if missing) and start Kafka and PostgreSQL; print their endpoints."""
+    e = infra.up()
+    console.print(f"DRIP_KAFKA_BOOTSTRAP={e.kafka_bootstrap}\nDRIP_DATABASE_URL={e.database_url}")
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop the local Kafka and PostgreSQL."""
+    infra.down()
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    console.print(infra.status())
+
+
+def read_report(settings: Settings) -> dict:
+    """The report, from the PostgreSQL read models only."""
+    with psycopg.connect(settings.database_url) as conn, conn.cursor() as cur:
+        out = campaign_stats.report(cur)
+        out["dead_letters"] = dead_letters.count(cur)
+    return out
+
+
+def print_report(report: dict) -> None:
+    table = Table(title="drip report (from the PostgreSQL projections)")
+    for col in ("campaign", "step", "sent", "skipped", "enrolled", "completed", "stopped"):
+        table.add_column(col, justify="left" if col in ("campaign", "step") else "right")
+    for name, c in report["campaigns"].items():
+        stopped = ", ".join(f"{k}: {v:,}" for k, v in sorted(c["stopped"].items())) or "0"
+        table.add_row(name, "", "", "", f"{c['enrolled']:,}", f"{c['completed']:,}", stopped)
+        for step, n in c["steps"].items():
+            table.add_row("", step, f"{n['sent']:,}", f"{n['skipped']:,}", "", "", "")
+    console.print(table)
+    ignored = ", ".join(f"{k}: {v:,}" for k, v in report["ignored"].items()) or "none"
+    console.print(f"bookings that enrolled nobody: {ignored}; "
+                  f"dead letters: {report['dead_letters']:,}")
+
+
+@app.command()
+def report(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False) -> None:
+    """Campaign statistics read from the projections."""
+    data = read_report(settings_with_infra())
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print_report(data)
+
+
+@app.command()
+def demo(
+    csv: Annotated[Path, typer.Option(help="Appointments CSV")] = None,  # type: ignore[assignment]
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
+) -> None:
+    """Start everything, replay real appointments through two campaigns, print the report."""
+    from services import dataset
+    from services.demo import run_demo
+
+    settings = settings_with_infra()
+    path = csv or dataset.DEFAULT_CSV
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        def progress(total: int, _: int):
+            task = bar.add_task("upstream events handled", total=total)
+            return lambda n: bar.advance(task, n)
+        result = run_demo(settings, path, limit, progress)
+    r = result.replay
+    console.print(
+        f"{r.upstream_events:,} upstream events in {r.seconds:.1f} s "
+        f"({r.upstream_events / max(r.seconds, 1e-9):,.0f}/s); {r.fired:,} timers fired; "
+        f"{result.domain_events:,} domain events "
+        f"({result.domain_events / max(r.seconds, 1e-9):,.0f}/s); "
+        f"{result.dispatched:,} dispatch requests; wall {result.wall_seconds:.1f} s")
+    print_report(read_report(settings))
+
+
+@app.command()
+def serve() -> None:
+    """Run every service on the wall clock until interrupted."""
+    from services.bootstrap import build
+    from services.demo import run_services
+
+    settings = settings_with_infra()
+    services = build(settings)
+    asyncio.run(run_services(services, lambda: asyncio.Event().wait()))
+
+
+if __name__ == "__main__":
+    app()

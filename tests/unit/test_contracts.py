@@ -1,0 +1,65 @@
+"""Wire contracts (§9): what upstream systems code against, and what is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from contracts.envelope import InvalidMessage, parse_envelope
+from contracts.topics import UPSTREAM_SCHEMAS, Topics
+
+BOOKED = {"id": "e1", "source": "crm", "type": "appointment.booked",
+          "time": "2016-04-29T18:38:08Z", "subject": "p1", "clinic_id": "vitoria",
+          "data": {"appointment_id": "a1", "patient_id": "p1",
+                   "starts_at": "2016-04-30T13:00:00-00:00"}}
+
+
+def parse(doc: object) -> object:
+    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return parse_envelope(raw, UPSTREAM_SCHEMAS)
+
+
+def refusal(doc: object) -> str:
+    with pytest.raises(InvalidMessage) as err:
+        parse(doc)
+    return err.value.reason
+
+
+def test_a_booking_parses_to_utc_times_and_keeps_opaque_ids() -> None:
+    ev = parse({**BOOKED, "subject": "9.87654E+14",
+                "data": {**BOOKED["data"], "patient_id": "9.87654E+14"}})
+    assert ev.data.patient_id == "9.87654E+14"
+    assert ev.time.utcoffset().total_seconds() == 0
+
+
+def test_unknown_fields_are_tolerated() -> None:
+    assert parse({**BOOKED, "extra": 1}).id == "e1"
+
+
+def test_malformed_json_is_refused_with_a_reason() -> None:
+    assert refusal(b"{not json").startswith("malformed message")
+
+
+def test_an_unknown_event_type_is_refused() -> None:
+    assert refusal({**BOOKED, "type": "appointment.teleported"}) == (
+        "unknown event type 'appointment.teleported'")
+
+
+def test_an_unknown_schema_version_is_refused() -> None:
+    assert refusal({**BOOKED, "dataversion": 9}) == (
+        "unknown schema version 9 of 'appointment.booked'")
+
+
+def test_an_impossible_date_is_refused() -> None:
+    doc = {**BOOKED, "data": {**BOOKED["data"], "starts_at": "2016-02-30T10:00:00Z"}}
+    assert "data.starts_at" in refusal(doc)
+
+
+def test_a_time_without_offset_is_refused() -> None:
+    assert "UTC offset" in refusal({**BOOKED, "time": "2016-04-29T18:38:08"})
+
+
+def test_every_upstream_type_has_a_topic() -> None:
+    topics = Topics("t")
+    assert {topics.for_type(t) for t, _ in UPSTREAM_SCHEMAS} == set(topics.upstream)
