@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -72,7 +73,7 @@ class CampaignDefinition:
         if bad := [s.channel for s in self.steps if s.channel not in CHANNELS]:
             raise InvalidCampaign(f"unknown channel(s) {bad}")
 
-    @property
+    @cached_property
     def id(self) -> UUID:
         return campaign_id(self.clinic_id, self.name)
 

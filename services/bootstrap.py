@@ -12,6 +12,7 @@ from services import consumers
 from services.application import DripApplication
 from services.clock import Clock, WallClock
 from services.followers import Dispatcher, Projector
+from services.publisher import BulkPublisher
 from services.settings import Settings
 from services.timer import TimerService
 
@@ -24,6 +25,7 @@ class Services:
     topics: Topics
     app: DripApplication
     broker: KafkaBroker
+    publisher: BulkPublisher
     timer: TimerService
     dispatcher: Dispatcher
     projector: Projector
@@ -49,8 +51,9 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> Servi
     app = build_application(settings)
     broker = build_broker(settings)
     consumers.register(broker, app, settings)
-    timer = TimerService(settings.database_url, broker, topics.step_due, clock or WallClock(),
+    publisher = BulkPublisher(settings.kafka_bootstrap)
+    timer = TimerService(settings.database_url, publisher, topics.step_due, clock or WallClock(),
                          batch=settings.timer_batch, idle_seconds=settings.poll_seconds)
-    dispatcher = Dispatcher(app, broker, topics.dispatch, settings.database_url)
+    dispatcher = Dispatcher(app, publisher, topics.dispatch, settings.database_url)
     projector = Projector(app, settings.database_url)
-    return Services(settings, topics, app, broker, timer, dispatcher, projector)
+    return Services(settings, topics, app, broker, publisher, timer, dispatcher, projector)

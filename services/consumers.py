@@ -82,7 +82,7 @@ def register(broker: KafkaBroker, app: DripApplication, settings: Settings) -> N
     """Attach the upstream and step-due subscribers to `broker`."""
     topics = Topics(settings.topic_prefix)
     common: dict[str, Any] = dict(batch=True, max_records=settings.batch_size,
-                                  batch_timeout_ms=50, auto_offset_reset="earliest",
+                                  batch_timeout_ms=20, max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest",
                                   ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_raw)
     upstream_group = f"{settings.consumer_prefix}.upstream"
     step_group = f"{settings.consumer_prefix}.step-due"

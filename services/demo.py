@@ -59,6 +59,7 @@ async def run_services(services: Services, body: Callable[[], Any]) -> Any:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
         await services.broker.stop()
+        await services.publisher.stop()
 
 
 async def drain(services: Services) -> None:
@@ -87,7 +88,7 @@ def run_demo(settings: Settings, csv: Path, limit: int | None,
     define_campaigns(services)
 
     async def body() -> ReplayStats:
-        stats = await Replay(services, clock).run(timeline, progress(len(timeline), 0))
+        stats = await Replay(services, clock, settings.replay_chunk).run(timeline, progress(len(timeline), 0))
         await drain(services)
         return stats
 

@@ -16,14 +16,15 @@ import psycopg
 import structlog
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
-from faststream.kafka import KafkaBroker
 
 from contracts.messages import DispatchRequestedV1
 from domain.enrollment import Enrollment
 from projections import campaign_stats, runner
 from services.application import DripApplication
+from services.publisher import BulkPublisher
 
 log = structlog.get_logger("drip.followers")
+JSON = {"content-type": "application/json"}
 
 
 class Projector:
@@ -31,7 +32,7 @@ class Projector:
 
     name = "campaign_stats"
 
-    def __init__(self, app: DripApplication, database_url: str, page: int = 2000) -> None:
+    def __init__(self, app: DripApplication, database_url: str, page: int = 5000) -> None:
         self.app, self.database_url, self.page = app, database_url, page
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()  # one connection: the loop and catch_up take turns
@@ -67,9 +68,9 @@ class Dispatcher:
     name = "dispatcher"
     topic_filter = (get_topic(Enrollment.MessageSent),)
 
-    def __init__(self, app: DripApplication, broker: KafkaBroker, topic: str,
-                 database_url: str, page: int = 1000) -> None:
-        self.app, self.broker, self.topic = app, broker, topic
+    def __init__(self, app: DripApplication, publisher: BulkPublisher, topic: str,
+                 database_url: str, page: int = 2000) -> None:
+        self.app, self.publisher, self.topic = app, publisher, topic
         self.database_url, self.page = database_url, page
         self.relayed = 0
         self._conn: psycopg.Connection | None = None
@@ -100,7 +101,7 @@ class Dispatcher:
     async def _relay_once(self) -> int:
         after, page = await asyncio.to_thread(self._claim)
         try:
-            await asyncio.gather(*(self._publish(n) for n in page))
+            await self.publisher.publish_many(self.topic, (self._record(n) for n in page))
         except BaseException:
             await asyncio.to_thread(self._conn.rollback)  # type: ignore[union-attr]
             raise
@@ -108,15 +109,13 @@ class Dispatcher:
         self.relayed += len(page)
         return len(page)
 
-    async def _publish(self, n: Notification) -> None:
+    def _record(self, n: Notification) -> tuple[bytes, bytes, dict[str, str]]:
         ev: Any = self.app.mapper.to_domain_event(n)
         request = DispatchRequestedV1(
             idempotency_key=ev.idempotency_key, enrollment_id=ev.originator_id,
             clinic_id=ev.clinic_id, patient_id=ev.patient_id, campaign_id=ev.campaign_id,
             step=ev.step, channel=ev.channel, template=ev.template, due_at=ev.at)
-        await self.broker.publish(request.model_dump_json().encode(), topic=self.topic,
-                                  key=ev.patient_id.encode(),
-                                  headers={"content-type": "application/json"})
+        return ev.patient_id.encode(), request.model_dump_json().encode(), JSON
 
     async def run(self, stop: asyncio.Event, idle_seconds: float = 0.05) -> None:
         while not stop.is_set():

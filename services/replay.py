@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
-from aiokafka import AIOKafkaProducer
 
 from projections import positions, timers
 from services.bootstrap import Services
 from services.clock import SimulatedClock
+from services.publisher import BulkPublisher
 from services.dataset import UpstreamRecord
 
 END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
@@ -71,9 +71,7 @@ class Replay:
     async def run(self, timeline: Sequence[UpstreamRecord],
                   progress: Callable[[int], None] = lambda n: None) -> ReplayStats:
         stats, started = ReplayStats(), time.monotonic()
-        producer = AIOKafkaProducer(bootstrap_servers=self.s.settings.kafka_bootstrap,
-                                    acks="all", enable_idempotence=True, linger_ms=5)
-        await producer.start()
+        producer = BulkPublisher(self.s.settings.kafka_bootstrap)  # the upstream system's
         try:
             for chunk in chunks(timeline, self.chunk_size):
                 ends = await self._publish(producer, chunk)
@@ -88,13 +86,12 @@ class Replay:
         stats.fired, stats.seconds = self.s.timer.fired, time.monotonic() - started
         return stats
 
-    async def _publish(self, producer: AIOKafkaProducer,
+    async def _publish(self, producer: BulkPublisher,
                        chunk: Sequence[UpstreamRecord]) -> dict[tuple[str, int], int]:
         topics = self.s.topics
-        futures = [await producer.send(topics.for_type(r.type), r.value, key=r.key)
-                   for r in chunk]
         ends: dict[tuple[str, int], int] = {}
-        for meta in await asyncio.gather(*futures):
+        for meta in await producer.send_many(
+                (topics.for_type(r.type), r.key, r.value) for r in chunk):
             tp = (meta.topic, meta.partition)
             ends[tp] = max(meta.offset, ends.get(tp, -1))
         return ends

@@ -18,8 +18,9 @@ class Settings(BaseSettings):
                               description="PostgreSQL URL of the event store and read models")
     topic_prefix: str = Field("drip", description="Prefix of every topic name")
     consumer_prefix: str = Field("drip", description="Prefix of consumer group names")
-    batch_size: int = Field(500, description="Kafka records per handler batch")
+    batch_size: int = Field(2000, description="Kafka records per handler batch")
     timer_batch: int = Field(5000, description="Timers claimed per timer-service round")
+    replay_chunk: int = Field(20000, description="Upstream events per replay chunk (demo)")
     poll_seconds: float = Field(0.05, description="Idle wait of polling loops (seconds)")
 
     def eventsourcing_env(self) -> dict[str, str]:

@@ -13,21 +13,22 @@ from datetime import UTC, datetime
 
 import psycopg
 import structlog
-from faststream.kafka import KafkaBroker
 
 from contracts.timers import StepDueV1
 from projections import timers
 from services.clock import Clock
+from services.publisher import BulkPublisher
 
 log = structlog.get_logger("drip.timer")
+JSON = {"content-type": "application/json"}
 
 
 class TimerService:
     """`fire_due()` runs one round; `run(stop)` loops until `stop` is set."""
 
-    def __init__(self, database_url: str, broker: KafkaBroker, topic: str, clock: Clock,
+    def __init__(self, database_url: str, publisher: BulkPublisher, topic: str, clock: Clock,
                  batch: int = 5000, idle_seconds: float = 0.05) -> None:
-        self.database_url, self.broker, self.topic = database_url, broker, topic
+        self.database_url, self.publisher, self.topic = database_url, publisher, topic
         self.clock, self.batch, self.idle_seconds = clock, batch, idle_seconds
         self.fired = 0
         self._conn: psycopg.Connection | None = None
@@ -39,7 +40,7 @@ class TimerService:
         conn, now = self._conn, self.clock.now()
         due = await asyncio.to_thread(self._claim, conn, now)
         try:
-            await asyncio.gather(*(self._publish(t) for t in due))
+            await self.publisher.publish_many(self.topic, (self._record(t) for t in due))
         except BaseException:
             await asyncio.to_thread(conn.rollback)
             raise
@@ -57,13 +58,12 @@ class TimerService:
             timers.mark_fired(cur, due, datetime.now(UTC))
         conn.commit()
 
-    async def _publish(self, t: timers.Timer) -> None:
+    @staticmethod
+    def _record(t: timers.Timer) -> tuple[bytes, bytes, dict[str, str]]:
         message = StepDueV1(enrollment_id=t.enrollment_id, clinic_id=t.clinic_id,
                             patient_id=t.patient_id, step_index=t.step_index,
                             due_at=t.due_at)
-        await self.broker.publish(message.model_dump_json().encode(), topic=self.topic,
-                                  key=t.patient_id.encode(),
-                                  headers={"content-type": "application/json"})
+        return t.patient_id.encode(), message.model_dump_json().encode(), JSON
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
