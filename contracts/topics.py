@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.appointments import (
-    AppointmentAttended, AppointmentBooked, AppointmentCancelled, AppointmentMissed)
+    AppointmentAttended,
+    AppointmentBooked,
+    AppointmentCancelled,
+    AppointmentMissed,
+)
 from contracts.envelope import Envelope
 from contracts.messages import ReplyReceived
 from contracts.patients import PatientOptedOut

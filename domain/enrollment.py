@@ -32,7 +32,9 @@ def enrollment_id(campaign_id: UUID, subject: str) -> UUID:
 class Enrollment(Aggregate):
     """State: status, the pending step (index, due time), opted-out channels."""
 
-    class Enrolled(Aggregate.Created):
+    class Triggered(Aggregate.Created):
+        """What every start of an enrollment records: campaign, subject, time, cause."""
+
         campaign_id: UUID
         campaign_version: int
         clinic_id: str
@@ -40,16 +42,11 @@ class Enrollment(Aggregate):
         subject: str
         at: datetime
         cause: str
+
+    class Enrolled(Triggered):
         dates: dict[str, datetime]
 
-    class Ignored(Aggregate.Created):
-        campaign_id: UUID
-        campaign_version: int
-        clinic_id: str
-        patient_id: str
-        subject: str
-        at: datetime
-        cause: str
+    class Ignored(Triggered):
         reason: str
 
     def __init__(self, campaign_id: UUID, campaign_version: int, clinic_id: str,

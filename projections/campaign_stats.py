@@ -180,7 +180,7 @@ def report(cur: Cursor) -> dict[str, Any]:
     cur.execute("SELECT campaign_id, name, steps FROM campaigns ORDER BY name")
     campaigns = {cid: (name, steps) for cid, name, steps in rows(cur)}
     out: dict[str, Any] = {"campaigns": {}, "ignored": {}}
-    for cid, (name, steps) in campaigns.items():
+    for name, steps in campaigns.values():
         out["campaigns"][name] = {"enrolled": 0, "completed": 0, "stopped": {},
                                   "steps": {s: {"sent": 0, "skipped": 0} for s in steps}}
     cur.execute("SELECT campaign_id, metric, key, n FROM campaign_counts ORDER BY 1, 2, 3")

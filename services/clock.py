@@ -7,6 +7,7 @@ service sleep until the clock may have moved past `t` (seconds).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -47,7 +48,5 @@ class SimulatedClock:
         if self._now > t:
             return
         self._moved.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._moved.wait(), timeout)
-        except TimeoutError:
-            pass

@@ -81,9 +81,10 @@ def _raw(msg: Any) -> Any:
 def register(broker: KafkaBroker, app: DripApplication, settings: Settings) -> None:
     """Attach the upstream and step-due subscribers to `broker`."""
     topics = Topics(settings.topic_prefix)
-    common: dict[str, Any] = dict(batch=True, max_records=settings.batch_size,
-                                  batch_timeout_ms=20, max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest",
-                                  ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_raw)
+    common: dict[str, Any] = dict(
+        batch=True, max_records=settings.batch_size, batch_timeout_ms=20,
+        max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_raw)
     upstream_group = f"{settings.consumer_prefix}.upstream"
     step_group = f"{settings.consumer_prefix}.step-due"
 

@@ -10,15 +10,14 @@ Patient ids are the `PatientId` text exactly as written (five are in scientific 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from zoneinfo import ZoneInfo
-
-import json
 
 CLINIC_ID = "vitoria"
 TIME_ZONE = "America/Sao_Paulo"

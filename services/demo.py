@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,21 +45,28 @@ def define_campaigns(services: Services) -> None:
         services.app.define_campaign(definition)
 
 
-async def run_services(services: Services, body: Callable[[], Any]) -> Any:
-    """Start the broker's subscribers and the background loops, run `body`, stop them."""
+@contextlib.asynccontextmanager
+async def running(services: Services) -> AsyncIterator[Services]:
+    """The broker's subscribers and the timer, dispatcher and projector loops, running."""
     stop = asyncio.Event()
     await services.broker.start()
     loops = [asyncio.create_task(loop(stop)) for loop in
              (services.timer.run, services.dispatcher.run, services.projector.run)]
     try:
-        return await body()
+        yield services
     finally:
         stop.set()
         for task in loops:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 10)
         await services.broker.stop()
         await services.publisher.stop()
+
+
+async def run_services(services: Services, body: Callable[[], Any]) -> Any:
+    """Run `body()` while the services run."""
+    async with running(services):
+        return await body()
 
 
 async def drain(services: Services) -> None:

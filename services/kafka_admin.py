@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
 
@@ -17,10 +18,8 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int = 
     try:
         missing = sorted(set(names) - set(await admin.list_topics()))
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -37,10 +36,8 @@ async def recreate_topics(bootstrap: str, names: Iterable[str], partitions: int 
     try:
         existing = [n for n in names if n in set(await admin.list_topics())]
         if existing:
-            try:
+            with contextlib.suppress(UnknownTopicOrPartitionError):
                 await admin.delete_topics(existing)
-            except UnknownTopicOrPartitionError:
-                pass
         deadline = time.monotonic() + timeout
         while set(existing) & set(await admin.list_topics()):
             if time.monotonic() > deadline:

@@ -21,13 +21,18 @@ class BulkPublisher:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self._producer: AIOKafkaProducer | None = None  # made on start: it binds the loop
+        self._starting: asyncio.Lock | None = None
 
     async def start(self) -> AIOKafkaProducer:
+        """Start the producer once, however many tasks share this publisher."""
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                        enable_idempotence=True, linger_ms=5)
-            await producer.start()
-            self._producer = producer
+            self._starting = self._starting or asyncio.Lock()
+            async with self._starting:
+                if self._producer is None:
+                    producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                                enable_idempotence=True, linger_ms=5)
+                    await producer.start()
+                    self._producer = producer
         return self._producer
 
     async def stop(self) -> None:

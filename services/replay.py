@@ -21,8 +21,8 @@ import psycopg
 from projections import positions, timers
 from services.bootstrap import Services
 from services.clock import SimulatedClock
-from services.publisher import BulkPublisher
 from services.dataset import UpstreamRecord
+from services.publisher import BulkPublisher
 
 END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -61,6 +61,7 @@ class Replay:
         self.chunk_size, self.stall_seconds = chunk_size, stall_seconds
         self.upstream_group = f"{services.settings.consumer_prefix}.upstream"
         self._conn: psycopg.Connection | None = None
+        self.producer = BulkPublisher(services.settings.kafka_bootstrap)  # the upstream system
 
     def _query(self, fn: Callable[[psycopg.Cursor], object]) -> object:
         if self._conn is None or self._conn.closed:
@@ -69,38 +70,43 @@ class Replay:
             return fn(cur)
 
     async def run(self, timeline: Sequence[UpstreamRecord],
-                  progress: Callable[[int], None] = lambda n: None) -> ReplayStats:
+                  progress: Callable[[int], None] = lambda n: None,
+                  finish: bool = True) -> ReplayStats:
+        """Replay `timeline`; with `finish`, then fire every remaining step."""
         stats, started = ReplayStats(), time.monotonic()
-        producer = BulkPublisher(self.s.settings.kafka_bootstrap)  # the upstream system's
         try:
             for chunk in chunks(timeline, self.chunk_size):
-                ends = await self._publish(producer, chunk)
-                await self._until(lambda: self._handled(ends), "upstream consumer")
+                await self.wait_handled(await self.publish(chunk))
                 stats.upstream_events += len(chunk)
                 progress(len(chunk))
-                await self._fire_until(chunk[-1].time)
+                await self.fire_until(chunk[-1].time)
                 stats.chunks += 1
-            await self._fire_until(END_OF_TIME)
+            if finish:
+                await self.fire_until(END_OF_TIME)
         finally:
-            await producer.stop()
+            await self.producer.stop()
         stats.fired, stats.seconds = self.s.timer.fired, time.monotonic() - started
         return stats
 
-    async def _publish(self, producer: BulkPublisher,
-                       chunk: Sequence[UpstreamRecord]) -> dict[tuple[str, int], int]:
+    async def publish(self, chunk: Sequence[UpstreamRecord]) -> dict[tuple[str, int], int]:
+        """Publish as the upstream system would; returns the last offset per partition."""
         topics = self.s.topics
         ends: dict[tuple[str, int], int] = {}
-        for meta in await producer.send_many(
+        for meta in await self.producer.send_many(
                 (topics.for_type(r.type), r.key, r.value) for r in chunk):
             tp = (meta.topic, meta.partition)
             ends[tp] = max(meta.offset, ends.get(tp, -1))
         return ends
 
+    async def wait_handled(self, ends: dict[tuple[str, int], int]) -> None:
+        """Wait until the upstream consumer's recorded positions reach `ends`."""
+        await self._until(lambda: self._handled(ends), "upstream consumer")
+
     def _handled(self, ends: dict[tuple[str, int], int]) -> bool:
         done = self._query(lambda cur: positions.all_positions(cur, self.upstream_group))
         return all(done.get(tp, -1) >= offset for tp, offset in ends.items())  # type: ignore[union-attr]
 
-    async def _fire_until(self, t: datetime) -> None:
+    async def fire_until(self, t: datetime) -> None:
         """Move the clock to `t` and wait until no step due at or before `t` is pending."""
         self.clock.advance_to(t)
         await self._until(lambda: self._query(lambda cur: timers.count_due(cur, t)) == 0,

@@ -1,0 +1,73 @@
+"""Handlers on FastStream's in-memory TestKafkaBroker, with the real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from faststream.kafka import TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from domain.templates import appointment_reminders
+from projections import timers
+from services.application import Inbound
+from services.bootstrap import build
+from services.consumers import parse_upstream
+from services.settings import Settings
+from services.unit_of_work import UnitOfWork
+
+BOOKED = {"id": "e1", "source": "crm", "type": "appointment.booked",
+          "time": "2016-04-29T10:00:00Z", "subject": "p1", "clinic_id": "vitoria",
+          "data": {"appointment_id": "a1", "patient_id": "p1",
+                   "starts_at": "2016-05-04T13:00:00Z"}}
+
+
+def dump(doc: dict) -> bytes:
+    return json.dumps(doc).encode()
+
+
+async def test_bad_records_are_dead_lettered_and_the_good_one_enrolls(settings: Settings) -> None:
+    services = build(settings)
+    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    refused: list[str] = []
+
+    @services.broker.subscriber(services.topics.dead_letters)
+    async def capture(body: Any, msg: KafkaMessage) -> None:
+        refused.append(msg.headers["drip-dlq-reason"])
+
+    async with TestKafkaBroker(services.broker) as broker:
+        await broker.publish_batch(
+            b"{not json", dump({**BOOKED, "type": "appointment.teleported"}),
+            dump({**BOOKED, "clinic_id": "atlantis"}), dump(BOOKED),
+            topic=services.topics.appointments)
+    assert sorted(refused) == ["malformed message: message: Invalid JSON: key must be a string"
+                               " at line 1 column 2", "unknown clinic 'atlantis'",
+                               "unknown event type 'appointment.teleported'"]
+    with psycopg.connect(settings.database_url) as conn, conn.cursor() as cur:
+        assert timers.count_due(cur) == 1  # the confirmation step of the one enrollment
+
+
+async def test_a_redelivered_batch_changes_nothing(settings: Settings) -> None:
+    services = build(settings)
+    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    async with TestKafkaBroker(services.broker) as broker:
+        await broker.publish_batch(dump(BOOKED), topic=services.topics.appointments)
+        events = services.app.recorder.max_notification_id()
+        # the in-memory broker gives every record offset 0: this is the same record again
+        await broker.publish_batch(dump({**BOOKED, "id": "e2", "data": {
+            **BOOKED["data"], "appointment_id": "a2"}}), topic=services.topics.appointments)
+    assert services.app.recorder.max_notification_id() == events
+
+
+def test_records_at_or_below_the_recorded_position_are_skipped(settings: Settings) -> None:
+    services = build(settings)
+    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    batch = [Inbound("t", 0, offset, b"p1", dump(BOOKED), message=parse_upstream(dump(
+        {**BOOKED, "data": {**BOOKED["data"], "appointment_id": f"a{offset}"}})))
+        for offset in (5, 6)]
+    assert services.app.handle_upstream("group", batch).recorded > 0
+    uow = UnitOfWork(services.app)
+    later = Inbound("t", 0, 7, b"p1", dump(BOOKED), message=batch[0].message)
+    assert services.app.fresh("group", [*batch, later], uow) == [later]
+    assert [(a.expected, a.position) for a in uow.effects.advances] == [(6, 7)]

@@ -1,0 +1,114 @@
+"""The services on the real Kafka broker and PostgreSQL: events in, read models out."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+from aiokafka import AIOKafkaConsumer
+
+from services import dataset
+from services.bootstrap import Services, build
+from services.cli import read_report
+from services.clock import SimulatedClock
+from services.demo import define_campaigns, drain, running
+from services.publisher import BulkPublisher
+from services.replay import Replay
+from services.settings import Settings
+
+HEADER = ("PatientId,AppointmentID,Gender,ScheduledDay,AppointmentDay,Age,Neighbourhood,"
+          "Scholarship,Hipertension,Diabetes,Alcoholism,Handcap,SMS_received,No-show\n")
+ROWS = [
+    # P1 books A1 five days ahead and attends: confirmation, 48 h, day-of all sent
+    "1,101,F,2016-04-25T09:00:00Z,2016-04-30T00:00:00Z,30,X,0,0,0,0,0,0,No",
+    # P2 misses A2, then books A3 four days later: recovery stops after two sends
+    "2,102,F,2016-04-20T09:00:00Z,2016-04-29T00:00:00Z,30,X,0,0,0,0,0,0,Yes",
+    "2,103,F,2016-05-03T12:00:00Z,2016-05-10T00:00:00Z,30,X,0,0,0,0,0,0,No",
+    # P3 books for the same day after 10:00 local: ignored, appointment_in_past
+    "3,104,M,2016-04-29T15:00:00Z,2016-04-29T00:00:00Z,30,X,0,0,0,0,0,0,No",
+]
+
+
+def started(settings: Settings, start: datetime) -> tuple[Services, SimulatedClock]:
+    clock = SimulatedClock(start)
+    services = build(settings, clock)
+    define_campaigns(services)
+    return services, clock
+
+
+async def test_upstream_events_on_kafka_end_as_projection_rows(settings: Settings,
+                                                               tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text(HEADER + "\n".join(ROWS) + "\n", encoding="utf-8")
+    timeline = dataset.timeline(path)
+    services, clock = started(settings, timeline[0].time)
+    async with running(services):
+        await Replay(services, clock).run(timeline)
+        await drain(services)
+    report = read_report(settings)
+    reminders = report["campaigns"]["appointment-reminders"]
+    recovery = report["campaigns"]["no-show-recovery"]
+    assert reminders["enrolled"] == 3 and reminders["completed"] == 3
+    assert reminders["steps"]["confirmation"] == {"sent": 3, "skipped": 0}
+    # A3 (booked 7 days ahead): 48 h sent; A1 (5 days): sent; A2 (9 days): sent
+    assert reminders["steps"]["reminder-48h"] == {"sent": 3, "skipped": 0}
+    assert recovery["enrolled"] == 1 and recovery["stopped"] == {"appointment_booked": 1}
+    # missed at 04-29 14:00 → sms 16:00, email 05-02 16:00; booking 05-03 stops the sms
+    assert recovery["steps"] == {"we-missed-you": {"sent": 1, "skipped": 0},
+                                 "rebook-nudge": {"sent": 1, "skipped": 0},
+                                 "last-chance": {"sent": 0, "skipped": 1}}
+    assert report["ignored"] == {"appointment_in_past": 1}
+    assert services.dispatcher.relayed == 3 * 3 + 2
+
+
+async def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
+        settings: Settings) -> None:
+    services, clock = started(settings, datetime.fromisoformat("2016-04-01T00:00:00+00:00"))
+    booked = {"id": "e1", "source": "crm", "type": "appointment.booked",
+              "time": "2016-04-29T10:00:00Z", "subject": "p1", "clinic_id": "vitoria",
+              "data": {"appointment_id": "a1", "patient_id": "p1",
+                       "starts_at": "2016-05-04T13:00:00Z"}}
+    upstream = BulkPublisher(settings.kafka_bootstrap)
+    async with running(services):
+        metas = await upstream.send_many([
+            (services.topics.appointments, b"p1", b"{not json"),
+            (services.topics.appointments, b"p1",
+             json.dumps({**booked, "type": "appointment.teleported"}).encode()),
+            (services.topics.appointments, b"p1", json.dumps(booked).encode())])
+        await upstream.stop()
+        replay = Replay(services, clock)
+        await replay.wait_handled({(m.topic, m.partition): m.offset for m in metas})
+        await drain(services)
+    letters = await read_topic(settings.kafka_bootstrap, services.topics.dead_letters, 2)
+    assert [v for _, v, _ in letters] == [b"{not json", json.dumps(
+        {**booked, "type": "appointment.teleported"}).encode()]
+    assert [k for k, _, _ in letters] == [b"p1", b"p1"]  # the original key travels along
+    assert letters[1][2]["drip-dlq-reason"] == "unknown event type 'appointment.teleported'"
+    report = read_report(settings)
+    assert report["dead_letters"] == 2
+    assert report["campaigns"]["appointment-reminders"]["enrolled"] == 1
+
+
+async def read_topic(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, bytes, dict]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out: list[tuple[bytes, bytes, dict]] = []
+        while len(out) < n:
+            batch = await consumer.getmany(timeout_ms=10_000)
+            assert batch, f"only {len(out)} of {n} records on {topic}"
+            for records in batch.values():
+                out += [(r.key, r.value, {k: v.decode() for k, v in r.headers})
+                        for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+def count_events(settings: Settings, kind: str) -> int:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute("SELECT count(*) FROM drip_events WHERE topic LIKE %s",
+                            (f"%{kind}",)).fetchone()[0]
