@@ -61,15 +61,20 @@ def read_report(settings: Settings) -> dict:
 
 def print_report(report: dict) -> None:
     table = Table(title="drip report (from the PostgreSQL projections)")
-    for col in ("campaign", "step", "sent", "skipped", "enrolled", "completed", "stopped"):
-        table.add_column(col, justify="left" if col in ("campaign", "step") else "right")
+    table.add_column("campaign / step", no_wrap=True)
+    for col in ("enrolled", "completed", "sent", "skipped"):
+        table.add_column(col, justify="right")
+    table.add_column("stopped", justify="right")
     for name, c in report["campaigns"].items():
-        stopped = ", ".join(f"{k}: {v:,}" for k, v in sorted(c["stopped"].items())) or "0"
-        table.add_row(name, "", "", "", f"{c['enrolled']:,}", f"{c['completed']:,}", stopped)
+        table.add_row(f"[bold]{name}[/bold]", f"{c['enrolled']:,}", f"{c['completed']:,}",
+                      "", "", f"{sum(c['stopped'].values()):,}")
         for step, n in c["steps"].items():
-            table.add_row("", step, f"{n['sent']:,}", f"{n['skipped']:,}", "", "", "")
+            table.add_row(f"  {step}", "", "", f"{n['sent']:,}", f"{n['skipped']:,}", "")
     console.print(table)
-    ignored = ", ".join(f"{k}: {v:,}" for k, v in report["ignored"].items()) or "none"
+    stops = "; ".join(f"{name}: {reason} {n:,}" for name, c in report["campaigns"].items()
+                      for reason, n in sorted(c["stopped"].items())) or "none"
+    ignored = ", ".join(f"{k} {v:,}" for k, v in report["ignored"].items()) or "none"
+    console.print(f"stops by reason: {stops}")
     console.print(f"bookings that enrolled nobody: {ignored}; "
                   f"dead letters: {report['dead_letters']:,}")
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+import psycopg
 import structlog
-from eventsourcing.persistence import IntegrityError
+from aiokafka.errors import KafkaError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -23,12 +26,14 @@ from pydantic import ValidationError
 from contracts.envelope import InvalidMessage, parse_envelope
 from contracts.timers import StepDueV1
 from contracts.topics import UPSTREAM_SCHEMAS, Topics
+from projections.dead_letters import DeadLetter
 from services.application import DripApplication, Inbound
 from services.dead_letters import to_dead_letters
 from services.settings import Settings
 
 log = structlog.get_logger("drip.consumers")
 CONFLICT_RETRIES = 8
+UseCase = Callable[[str, Sequence[Inbound]], Any]
 
 
 def parse_upstream(raw: bytes) -> Any:
@@ -53,25 +58,54 @@ def to_inbound(records: Sequence[Any], parse: Callable[[bytes], Any]) -> list[In
     return out
 
 
+def is_infrastructure(exc: BaseException) -> bool:
+    """Failures to retry (not acknowledge) rather than blame on a record (STYLE §8)."""
+    return isinstance(exc, PersistenceError | psycopg.Error | OSError | KafkaError)
+
+
 async def handle_batch(app: DripApplication, broker: KafkaBroker, topics: Topics,
-                       consumer: str, use_case: Callable[[str, Sequence[Inbound]], Any],
-                       batch: list[Inbound]) -> None:
-    """Run `use_case` off the event loop; retry when a concurrent writer won the race."""
+                       consumer: str, use_case: UseCase, batch: list[Inbound]) -> None:
+    """Run `use_case` on the batch off the event loop, then dead-letter what it refused.
+
+    An infrastructure failure propagates (the batch is nacked and redelivered). Any other
+    failure is a poison record: the batch is retried record by record and the record
+    that still fails is dead-lettered with the error as its reason, so consumption goes on.
+    """
+    try:
+        letters = await _run(use_case, consumer, batch)
+    except Exception as exc:
+        if is_infrastructure(exc):
+            raise
+        log.warning("batch failed, retrying record by record", consumer=consumer,
+                    error=type(exc).__name__)
+        letters = []
+        for record in batch:
+            try:
+                letters += await _run(use_case, consumer, [record])
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
+                reason = f"unprocessable: {type(exc).__name__}: {exc}"
+                letters += await _run(use_case, consumer, [replace(record, message=None,
+                                                                   error=reason)])
+    for d in letters:
+        log.warning("dead-lettered", consumer=consumer, topic=d.topic,
+                    partition=d.partition, offset=d.offset, reason=d.reason)
+    await to_dead_letters(broker, topics.dead_letters, letters)
+
+
+async def _run(use_case: UseCase, consumer: str, batch: list[Inbound]) -> list[DeadLetter]:
+    """The use case in a worker thread; retried when a concurrent writer won the race."""
     for attempt in range(CONFLICT_RETRIES):
         try:
             uow = await asyncio.to_thread(use_case, consumer, batch)
-            break
+            return uow.effects.dead_letters
         except IntegrityError:
+            if attempt == CONFLICT_RETRIES - 1:
+                raise  # a persistence error: nacked and redelivered, never dead-lettered
             log.info("batch conflicted, retrying", consumer=consumer, attempt=attempt)
             await asyncio.sleep(0.01 * 2**attempt)
-    else:
-        raise RuntimeError(f"{consumer}: batch kept conflicting")
-    letters = uow.effects.dead_letters
-    if letters:
-        for d in letters:
-            log.warning("dead-lettered", consumer=consumer, topic=d.topic,
-                        partition=d.partition, offset=d.offset, reason=d.reason)
-        await to_dead_letters(broker, topics.dead_letters, letters)
+    raise AssertionError("unreachable")
 
 
 def _raw(msg: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -10,10 +11,10 @@ from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from domain.templates import appointment_reminders
-from projections import timers
+from projections import dead_letters, timers
 from services.application import Inbound
 from services.bootstrap import build
-from services.consumers import parse_upstream
+from services.consumers import handle_batch, parse_upstream
 from services.settings import Settings
 from services.unit_of_work import UnitOfWork
 
@@ -71,3 +72,27 @@ def test_records_at_or_below_the_recorded_position_are_skipped(settings: Setting
     later = Inbound("t", 0, 7, b"p1", dump(BOOKED), message=batch[0].message)
     assert services.app.fresh("group", [*batch, later], uow) == [later]
     assert [(a.expected, a.position) for a in uow.effects.advances] == [(6, 7)]
+
+
+async def test_a_record_that_breaks_the_handler_is_dead_lettered_and_the_rest_go_on(
+        settings: Settings) -> None:
+    services = build(settings)
+    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    good = [Inbound("t", 0, offset, b"p1", b"{}", message=parse_upstream(dump(
+        {**BOOKED, "data": {**BOOKED["data"], "appointment_id": f"a{offset}"}})))
+        for offset in (1, 3)]
+    poison = Inbound("t", 0, 2, b"p1", b"{}", message=parse_upstream(dump(
+        {**BOOKED, "data": {**BOOKED["data"], "appointment_id": "boom"}})))
+
+    def flaky_use_case(consumer: str, batch: Sequence[Inbound]) -> UnitOfWork:
+        if any(r.message is not None and r.message.data.appointment_id == "boom" for r in batch):
+            raise ValueError("a bug that only this record triggers")
+        return services.app.handle_upstream(consumer, batch)
+
+    async with TestKafkaBroker(services.broker):
+        await handle_batch(services.app, services.broker, services.topics, "group",
+                           flaky_use_case, [good[0], poison, good[1]])
+    with psycopg.connect(settings.database_url) as conn, conn.cursor() as cur:
+        assert [d.reason for d in dead_letters.listing(cur)] == [
+            "unprocessable: ValueError: a bug that only this record triggers"]
+        assert timers.count_due(cur) == 2  # both good bookings enrolled
