@@ -21,7 +21,7 @@ from contracts.messages import DispatchRequestedV1
 from domain.enrollment import Enrollment
 from projections import campaign_stats, runner
 from services.application import DripApplication
-from services.publisher import BulkPublisher
+from services.publisher import BulkPublisher, Record
 
 log = structlog.get_logger("drip.followers")
 JSON = {"content-type": "application/json"}
@@ -76,7 +76,8 @@ class Dispatcher:
         self._conn: psycopg.Connection | None = None
         self._lock = asyncio.Lock()  # one connection: the loop and drain take turns
 
-    def _claim(self) -> tuple[int, list[Notification]]:
+    def _claim(self) -> tuple[int, list[Record]]:
+        """Lock the position, read the next page and build its records (off the loop)."""
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.database_url)
         with self._conn.cursor() as cur:
@@ -85,7 +86,8 @@ class Dispatcher:
             cur.execute("SELECT position FROM log_positions WHERE name = %s FOR UPDATE",
                         (self.name,))
             after = cur.fetchone()[0]
-        return after, list(self.app.notifications(after, self.page, self.topic_filter))
+        page = self.app.notifications(after, self.page, self.topic_filter)
+        return (page[-1].id if page else after), [self._record(n) for n in page]
 
     def _advance(self, position: int) -> None:
         assert self._conn is not None
@@ -96,20 +98,17 @@ class Dispatcher:
     async def relay_once(self) -> int:
         """Publish the next page of sends; returns how many were relayed."""
         async with self._lock:
-            return await self._relay_once()
+            position, records = await asyncio.to_thread(self._claim)
+            try:
+                await self.publisher.publish_many(self.topic, records)
+            except BaseException:
+                await asyncio.to_thread(self._conn.rollback)  # type: ignore[union-attr]
+                raise
+            await asyncio.to_thread(self._advance, position)
+            self.relayed += len(records)
+            return len(records)
 
-    async def _relay_once(self) -> int:
-        after, page = await asyncio.to_thread(self._claim)
-        try:
-            await self.publisher.publish_many(self.topic, (self._record(n) for n in page))
-        except BaseException:
-            await asyncio.to_thread(self._conn.rollback)  # type: ignore[union-attr]
-            raise
-        await asyncio.to_thread(self._advance, page[-1].id if page else after)
-        self.relayed += len(page)
-        return len(page)
-
-    def _record(self, n: Notification) -> tuple[bytes, bytes, dict[str, str]]:
+    def _record(self, n: Notification) -> Record:
         ev: Any = self.app.mapper.to_domain_event(n)
         request = DispatchRequestedV1(
             idempotency_key=ev.idempotency_key, enrollment_id=ev.originator_id,
