@@ -52,3 +52,11 @@ def follow_once(conn: Connection[Any], name: str, read: Reader,
             apply(cur, page)
             set_position(cur, name, page[-1].id)
         return len(page)
+
+
+def followed(cur: Cursor, name: str, events_table: str, topic: str) -> int:
+    """How many events of `topic` lie at or before follower `name`'s position."""
+    cur.execute(f"SELECT count(*) FROM {events_table} WHERE topic = %s AND notification_id <="
+                " coalesce((SELECT position FROM log_positions WHERE name = %s), 0)",
+                (topic, name))
+    return rows(cur)[0][0]

@@ -116,6 +116,15 @@ def demo(
     print_report(read_report(settings))
 
 
+@app.command("follow")
+def follow_log() -> None:
+    """Run the event-log followers (projector, dispatcher) until interrupted."""
+    from services.bootstrap import build
+    from services.demo import follow
+
+    asyncio.run(follow(build(settings_with_infra())))
+
+
 @app.command()
 def serve() -> None:
     """Run every service on the wall clock until interrupted."""

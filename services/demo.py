@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -46,26 +49,58 @@ def define_campaigns(services: Services) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(services: Services) -> AsyncIterator[Services]:
-    """The broker's subscribers and the timer, dispatcher and projector loops, running."""
+async def running(services: Services, followers: str = "here") -> AsyncIterator[Services]:
+    """The broker's subscribers, the timer, and the log followers (dispatcher, projector),
+    running. `followers="process"` runs the followers in a `drip follow` subprocess, so
+    they use the second core instead of sharing this process's GIL.
+    """
     stop = asyncio.Event()
     await services.broker.start()
-    loops = [asyncio.create_task(loop(stop)) for loop in
-             (services.timer.run, services.dispatcher.run, services.projector.run)]
+    loops = [services.timer.run]
+    child = None
+    if followers == "process":
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "follow", env=_child_env(services.settings))
+    else:
+        loops += [services.dispatcher.run, services.projector.run]
+    tasks = [asyncio.create_task(loop(stop)) for loop in loops]
     try:
         yield services
     finally:
         stop.set()
-        for task in loops:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 10)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+            await child.wait()
         await services.broker.stop()
         await services.publisher.stop()
 
 
-async def run_services(services: Services, body: Callable[[], Any]) -> Any:
+async def follow(services: Services) -> None:
+    """Run the dispatcher and the projector until SIGTERM or SIGINT (`drip follow`)."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.gather(services.dispatcher.run(stop), services.projector.run(stop))
+    finally:
+        await services.publisher.stop()
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        env[f"DRIP_{name.upper()}"] = str(value)
+    return env
+
+
+async def run_services(services: Services, body: Callable[[], Any],
+                       followers: str = "here") -> Any:
     """Run `body()` while the services run."""
-    async with running(services):
+    async with running(services, followers):
         return await body()
 
 
@@ -99,9 +134,10 @@ def run_demo(settings: Settings, csv: Path, limit: int | None,
         await drain(services)
         return stats
 
-    stats = asyncio.run(run_services(services, body))
+    stats = asyncio.run(run_services(services, body, followers="process"))
     events = services.app.recorder.max_notification_id() or 0
-    return DemoResult(stats, time.monotonic() - started, events, services.dispatcher.relayed)
+    return DemoResult(stats, time.monotonic() - started, events,
+                      services.dispatcher.relayed_total())
 
 
 def _topics(settings: Settings) -> list[str]:

@@ -108,6 +108,12 @@ class Dispatcher:
             self.relayed += len(records)
             return len(records)
 
+    def relayed_total(self) -> int:
+        """Sends relayed so far by any dispatcher process (read from PostgreSQL)."""
+        with psycopg.connect(self.database_url) as conn, conn.cursor() as cur:
+            return runner.followed(cur, self.name, self.app.recorder.events_table_name,
+                                   self.topic_filter[0])
+
     def _record(self, n: Notification) -> Record:
         ev: Any = self.app.mapper.to_domain_event(n)
         request = DispatchRequestedV1(
