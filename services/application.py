@@ -16,8 +16,8 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Notification
 
 from contracts.timers import StepDueV1
-from domain.campaign import Campaign, CampaignDefinition, campaign_id
-from domain.enrollment import Enrollment, enrollment_id
+from domain.campaign import Campaign, CampaignDefinition
+from domain.enrollment import Enrollment
 from projections import positions
 from services.unit_of_work import UnitOfWork
 from services.upstream_rules import apply_upstream, prefetch_for
@@ -94,19 +94,13 @@ class DripApplication(Application[UUID]):
                        if c.definition.clinic_id == clinic_id), key=lambda d: d.name)
 
     def knows_clinic(self, clinic_id: str) -> bool:
+        """Whether the clinic has campaigns (§1); an unknown one re-reads the log first,
+        since another process may have defined its campaigns since this one started."""
+        if not any(c.definition.clinic_id == clinic_id for c in self._campaigns.values()):
+            self.load_campaigns()
         return any(c.definition.clinic_id == clinic_id for c in self._campaigns.values())
 
     # -- enrollments -------------------------------------------------------------------
-    def get_enrollment(self, eid: UUID) -> Enrollment:
-        return self.repository.get(eid)
-
-    def enrollment_of(self, definition: CampaignDefinition, subject: str) -> Enrollment | None:
-        try:
-            return self.repository.get(enrollment_id(campaign_id(definition.clinic_id,
-                                                                  definition.name), subject))
-        except AggregateNotFoundError:
-            return None
-
     def load_enrollments(self, ids: Iterable[UUID]) -> dict[UUID, Enrollment]:
         """Rebuild many enrollments from their events with one query."""
         found: dict[UUID, Any] = {}
@@ -139,9 +133,10 @@ class DripApplication(Application[UUID]):
         for r in fresh:
             due: StepDueV1 | None = r.message
             enrollment = uow.get(due.enrollment_id) if due is not None else None
-            if due is None or enrollment is None:
-                reason = r.error or f"unknown enrollment {due.enrollment_id if due else '?'}"
-                uow.dead_letter(consumer, r.topic, r.partition, r.offset, r.key, r.value, reason)
+            reason = r.error or _refusal(due, enrollment)
+            if reason is not None or due is None or enrollment is None:
+                uow.dead_letter(consumer, r.topic, r.partition, r.offset, r.key, r.value,
+                                reason or "empty step.due")
                 continue
             enrollment.fire_step(uow.campaign_of(enrollment), due.step_index, due.due_at)
         uow.commit()
@@ -169,3 +164,14 @@ class DripApplication(Application[UUID]):
 
     def notifications(self, after: int, limit: int, topics: Sequence[str] = ()) -> list[Notification]:
         return list(self.recorder.select_notifications(after + 1, limit, topics=list(topics)))
+
+
+def _refusal(due: StepDueV1 | None, enrollment: Enrollment | None) -> str | None:
+    """Why a well-formed `step.due` cannot apply, if it cannot (§1 tenancy)."""
+    if due is None:
+        return None
+    if enrollment is None:
+        return f"unknown enrollment {due.enrollment_id}"
+    if enrollment.clinic_id != due.clinic_id:
+        return f"enrollment {due.enrollment_id} is not of clinic {due.clinic_id!r}"
+    return None

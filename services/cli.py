@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from contracts.topics import Topics
 from projections import campaign_stats, dead_letters
 from services import infra
 from services.settings import Settings
@@ -114,6 +115,16 @@ def demo(
         f"({result.domain_events / max(r.seconds, 1e-9):,.0f}/s); "
         f"{result.dispatched:,} dispatch requests; wall {result.wall_seconds:.1f} s")
     print_report(read_report(settings))
+
+
+@app.command()
+def asyncapi(yaml: Annotated[bool, typer.Option("--yaml", help="YAML instead of JSON")] = False,
+             ) -> None:
+    """Print the AsyncAPI document of drip's topics and contracts (§9)."""
+    from services.asyncapi import document
+
+    spec = document(Topics(Settings().topic_prefix)).to_specification()
+    typer.echo(spec.to_yaml() if yaml else spec.to_json())
 
 
 @app.command("follow")

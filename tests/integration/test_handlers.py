@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 from faststream.kafka import TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from contracts.timers import StepDueV1
 from domain.templates import appointment_reminders
 from projections import dead_letters, timers
 from services.application import Inbound
@@ -96,3 +98,21 @@ async def test_a_record_that_breaks_the_handler_is_dead_lettered_and_the_rest_go
         assert [d.reason for d in dead_letters.listing(cur)] == [
             "unprocessable: ValueError: a bug that only this record triggers"]
         assert timers.count_due(cur) == 2  # both good bookings enrolled
+
+
+def test_a_step_due_of_another_clinic_or_of_no_enrollment_is_dead_lettered(
+        settings: Settings) -> None:  # §1: nothing crosses clinics
+    services = build(settings)
+    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    booked = services.app.handle_upstream("up", [Inbound("t", 0, 0, b"p1", dump(BOOKED),
+                                                         message=parse_upstream(dump(BOOKED)))])
+    timer = booked.effects.timers[0]
+    due = StepDueV1(enrollment_id=timer.enrollment_id, clinic_id="elsewhere", patient_id="p1",
+                    step_index=0, due_at=timer.due_at)
+    stray = due.model_copy(update={"enrollment_id": uuid4(), "clinic_id": "vitoria"})
+    uow = services.app.handle_step_due("steps", [Inbound("s", 0, 0, None, None, message=due),
+                                                 Inbound("s", 0, 1, None, None, message=stray)])
+    assert [d.reason for d in uow.effects.dead_letters] == [
+        f"enrollment {timer.enrollment_id} is not of clinic 'elsewhere'",
+        f"unknown enrollment {stray.enrollment_id}"]
+    assert uow.recorded == 0

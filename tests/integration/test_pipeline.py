@@ -15,7 +15,7 @@ from services.cli import read_report
 from services.clock import SimulatedClock
 from services.demo import define_campaigns, drain, running
 from services.publisher import BulkPublisher
-from services.replay import Replay
+from services.replay import END_OF_TIME, Replay
 from services.settings import Settings
 
 HEADER = ("PatientId,AppointmentID,Gender,ScheduledDay,AppointmentDay,Age,Neighbourhood,"
@@ -79,7 +79,7 @@ async def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
             (services.topics.appointments, b"p1", json.dumps(booked).encode())])
         await upstream.stop()
         replay = Replay(services, clock)
-        await replay.wait_handled({(m.topic, m.partition): m.offset for m in metas})
+        await replay.wait_handled(ends_of(metas))
         await drain(services)
     letters = await read_topic(settings.kafka_bootstrap, services.topics.dead_letters, 2)
     assert [v for _, v, _ in letters] == [b"{not json", json.dumps(
@@ -112,3 +112,65 @@ def count_events(settings: Settings, kind: str) -> int:
     with psycopg.connect(settings.database_url) as conn:
         return conn.execute("SELECT count(*) FROM drip_events WHERE topic LIKE %s",
                             (f"%{kind}",)).fetchone()[0]
+
+
+def envelope(event_id: str, type_: str, time: str, patient: str, **data: str | None) -> bytes:
+    return json.dumps({"id": event_id, "source": "crm", "type": type_, "time": time,
+                       "subject": patient, "clinic_id": "vitoria",
+                       "data": {"patient_id": patient, **data}}).encode()
+
+
+async def test_cancellations_replies_and_opt_outs_stop_what_they_concern(
+        settings: Settings) -> None:  # §4, each on its own topic
+    services, clock = started(settings, datetime.fromisoformat("2016-04-01T00:00:00+00:00"))
+    t = services.topics
+    upstream = BulkPublisher(settings.kafka_bootstrap)
+    starts = "2016-05-10T13:00:00Z"
+    waves = [  # published in the order they happen, each wave handled before the next
+        # P1 books A1 (confirmation due now); P2 and P3 each miss an appointment
+        [(t.appointments, b"p1", envelope("1", "appointment.booked", "2016-05-01T10:00:00Z",
+                                          "p1", appointment_id="a1", starts_at=starts)),
+         (t.appointments, b"p2", envelope("2", "appointment.missed", "2016-05-01T10:00:00Z",
+                                          "p2", appointment_id="a2")),
+         (t.appointments, b"p3", envelope("3", "appointment.missed", "2016-05-01T10:00:00Z",
+                                          "p3", appointment_id="a3"))],
+        # P3 opts out of sms at 11:00; P2 replies at 13:00, after the 12:00 sms
+        [(t.patients, b"p3", envelope("4", "patient.opted_out", "2016-05-01T11:00:00Z",
+                                      "p3", channel="sms")),
+         (t.messages, b"p2", envelope("5", "message.reply_received", "2016-05-01T13:00:00Z",
+                                      "p2", channel="sms", body="who is this?"))],
+        # P1 cancels A1; P3 opts out of everything after its 05-04 email
+        [(t.appointments, b"p1", envelope("6", "appointment.cancelled", "2016-05-02T10:00:00Z",
+                                          "p1", appointment_id="a1")),
+         (t.patients, b"p3", envelope("7", "patient.opted_out", "2016-05-05T00:00:00Z",
+                                      "p3", channel=None))],
+    ]
+    async with running(services):
+        replay = Replay(services, clock)
+        for wave in waves:
+            await replay.wait_handled(ends_of(await upstream.send_many(wave)))
+        await upstream.stop()
+        await replay.fire_until(END_OF_TIME)
+        await drain(services)
+    report = read_report(settings)
+    reminders = report["campaigns"]["appointment-reminders"]
+    assert reminders["stopped"] == {"appointment_cancelled": 1}
+    # the confirmation was due at booking, before the cancellation; the others were not
+    assert reminders["steps"] == {"confirmation": {"sent": 1, "skipped": 0},
+                                  "reminder-48h": {"sent": 0, "skipped": 1},
+                                  "reminder-day-of": {"sent": 0, "skipped": 1}}
+    recovery = report["campaigns"]["no-show-recovery"]
+    assert recovery["stopped"] == {"responded": 1, "opted_out": 1}
+    assert recovery["steps"] == {
+        # P2's sms at 12:00 was sent before the 13:00 reply; P3 had opted out of sms at 11:00
+        "we-missed-you": {"sent": 1, "skipped": 1},
+        # P3's email on 05-04 12:00 still goes out: the opt-out was of sms only
+        "rebook-nudge": {"sent": 1, "skipped": 1},
+        "last-chance": {"sent": 0, "skipped": 2}}
+
+
+def ends_of(metas: list) -> dict[tuple[str, int], int]:
+    ends: dict[tuple[str, int], int] = {}
+    for m in metas:
+        ends[(m.topic, m.partition)] = max(m.offset, ends.get((m.topic, m.partition), -1))
+    return ends
