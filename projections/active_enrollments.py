@@ -37,11 +37,15 @@ class Active:
 
 
 def write(cur: Cursor, upserts: Iterable[Active], deletes: Iterable[UUID]) -> None:
-    rows = [(a.enrollment_id, a.clinic_id, a.patient_id, a.campaign_id, a.started_at)
-            for a in upserts]
-    if rows:
-        cur.executemany("INSERT INTO active_enrollments VALUES (%s, %s, %s, %s, %s)"
-                        " ON CONFLICT (enrollment_id) DO NOTHING", rows)
+    """Index the enrollments that are active; drop those that ended."""
+    active = list(upserts)
+    if active:
+        cur.execute(
+            "INSERT INTO active_enrollments SELECT * FROM unnest(%s::uuid[], %s::text[],"
+            " %s::text[], %s::uuid[], %s::timestamptz[]) ON CONFLICT (enrollment_id) DO NOTHING",
+            ([a.enrollment_id for a in active], [a.clinic_id for a in active],
+             [a.patient_id for a in active], [a.campaign_id for a in active],
+             [a.started_at for a in active]))
     ids = list(deletes)
     if ids:
         cur.execute("DELETE FROM active_enrollments WHERE enrollment_id = ANY(%s)", (ids,))

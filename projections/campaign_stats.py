@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS step_skips (
 COLUMNS = ("enrollment_id", "campaign_id", "clinic_id", "patient_id", "subject", "status",
            "stop_reason", "steps_done", "next_step_index", "next_due_at", "started_at",
            "ended_at")
+TYPES = ("uuid", "uuid", "text", "text", "text", "text", "text", "int", "int", "timestamptz",
+         "timestamptz", "timestamptz")
 
 
 def apply(cur: Cursor, events: Sequence[Any]) -> None:
@@ -93,10 +95,11 @@ class _Page:
         if self.rows:
             cols = ", ".join(COLUMNS)
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[5:])
-            self.cur.executemany(
-                f"INSERT INTO enrollments ({cols}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+            arrays = ", ".join(f"%s::{t}[]" for t in TYPES)
+            self.cur.execute(
+                f"INSERT INTO enrollments ({cols}) SELECT * FROM unnest({arrays})"
                 f" ON CONFLICT (enrollment_id) DO UPDATE SET {updates}",
-                [tuple(r[c] for c in COLUMNS) for r in self.rows.values()])
+                [[r[c] for r in self.rows.values()] for c in COLUMNS])
         if self.counts:
             self.cur.executemany(
                 "INSERT INTO campaign_counts VALUES (%s, %s, %s, %s) ON CONFLICT"

@@ -42,12 +42,17 @@ class Timer:
 
 
 def write(cur: Cursor, upserts: Iterable[Timer], deletes: Iterable[UUID]) -> None:
-    rows = [(t.enrollment_id, t.clinic_id, t.patient_id, t.step_index, t.due_at) for t in upserts]
-    if rows:
-        cur.executemany(
-            "INSERT INTO due_timers VALUES (%s, %s, %s, %s, %s, NULL)"
+    """Set each enrollment's pending step; drop the timers of enrollments with none."""
+    timers = list(upserts)
+    if timers:
+        cur.execute(
+            "INSERT INTO due_timers SELECT *, NULL FROM unnest("
+            "%s::uuid[], %s::text[], %s::text[], %s::int[], %s::timestamptz[])"
             " ON CONFLICT (enrollment_id) DO UPDATE SET step_index = EXCLUDED.step_index,"
-            " due_at = EXCLUDED.due_at, fired_at = NULL", rows)
+            " due_at = EXCLUDED.due_at, fired_at = NULL",
+            ([t.enrollment_id for t in timers], [t.clinic_id for t in timers],
+             [t.patient_id for t in timers], [t.step_index for t in timers],
+             [t.due_at for t in timers]))
     ids = list(deletes)
     if ids:
         cur.execute("DELETE FROM due_timers WHERE enrollment_id = ANY(%s)", (ids,))
@@ -63,11 +68,16 @@ def claim_due(cur: Cursor, now: datetime, limit: int) -> list[Timer]:
 
 
 def mark_fired(cur: Cursor, timers: Iterable[Timer], at: datetime) -> None:
-    rows = [(at, t.enrollment_id, t.step_index, t.due_at) for t in timers]
-    if rows:
-        cur.executemany(
-            "UPDATE due_timers SET fired_at = %s WHERE enrollment_id = %s"
-            " AND step_index = %s AND due_at = %s", rows)
+    """Mark these timers fired at `at`, unless their row moved on to another step."""
+    fired = list(timers)
+    if fired:
+        cur.execute(
+            "UPDATE due_timers t SET fired_at = %s FROM unnest(%s::uuid[], %s::int[],"
+            " %s::timestamptz[]) AS f(enrollment_id, step_index, due_at)"
+            " WHERE t.enrollment_id = f.enrollment_id AND t.step_index = f.step_index"
+            " AND t.due_at = f.due_at",
+            (at, [t.enrollment_id for t in fired], [t.step_index for t in fired],
+             [t.due_at for t in fired]))
 
 
 def count_due(cur: Cursor, until: datetime | None = None) -> int:

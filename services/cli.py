@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from contracts.topics import Topics
-from projections import campaign_stats, dead_letters
+from projections import campaign_stats, dead_letters, schema
 from services import infra
 from services.settings import Settings
 
@@ -55,6 +55,7 @@ def infra_status() -> None:
 def read_report(settings: Settings) -> dict:
     """The report, from the PostgreSQL read models only."""
     with psycopg.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute(schema.DDL)  # idempotent: a report before any run is an empty report
         out = campaign_stats.report(cur)
         out["dead_letters"] = dead_letters.count(cur)
     return out

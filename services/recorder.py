@@ -9,7 +9,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg import Cursor
+from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
 from projections.inline import InlineEffects
@@ -30,6 +30,26 @@ class DripRecorder(PostgresApplicationRecorder):
         if effects is not None:
             effects.write(curs)
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def _insert_stored_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
+                              **kwargs: Any) -> None:
+        """eventsourcing's insert, with four plain arrays instead of one array of a
+        composite type: psycopg dumps those much faster (same rows, same locking)."""
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(self._columnar_insert, (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events], [e.state for e in stored_events]))
+
+    @property
+    def _columnar_insert(self) -> sql.Composed:
+        return sql.SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " RETURNING notification_id").format(
+                schema=sql.Identifier(self.datastore.schema),
+                table=sql.Identifier(self.events_table_name))
 
     def select_events_of(self, ids: Sequence[UUID]) -> list[StoredEvent]:
         """Every stored event of the given aggregates, by aggregate then version."""
