@@ -59,6 +59,11 @@ class Topics:
     def upstream(self) -> tuple[str, str, str]:
         return (self.appointments, self.patients, self.messages)
 
+    @property
+    def all(self) -> list[str]:
+        """Every topic of the deployment."""
+        return [*self.upstream, self.step_due, self.dispatch, self.dead_letters]
+
     def for_type(self, event_type: str) -> str:
         """The upstream topic an event type is published on."""
         family = event_type.split(".", 1)[0]

@@ -132,7 +132,7 @@ def asyncapi(yaml: Annotated[bool, typer.Option("--yaml", help="YAML instead of 
 def follow_log() -> None:
     """Run the event-log followers (projector, dispatcher) until interrupted."""
     from services.bootstrap import build
-    from services.demo import follow
+    from services.runtime import follow
 
     asyncio.run(follow(build(settings_with_infra())))
 
@@ -141,7 +141,7 @@ def follow_log() -> None:
 def serve() -> None:
     """Run every service on the wall clock until interrupted."""
     from services.bootstrap import build
-    from services.demo import run_services
+    from services.runtime import run_services
 
     settings = settings_with_infra()
     services = build(settings)

@@ -17,7 +17,7 @@ import structlog
 from contracts.timers import StepDueV1
 from projections import timers
 from services.clock import Clock
-from services.publisher import BulkPublisher
+from services.publisher import BulkPublisher, Record
 
 log = structlog.get_logger("drip.timer")
 JSON = {"content-type": "application/json"}
@@ -38,9 +38,9 @@ class TimerService:
         if self._conn is None or self._conn.closed:
             self._conn = await asyncio.to_thread(psycopg.connect, self.database_url)
         conn, now = self._conn, self.clock.now()
-        due = await asyncio.to_thread(self._claim, conn, now)
+        due, records = await asyncio.to_thread(self._claim, conn, now)
         try:
-            await self.publisher.publish_many(self.topic, (self._record(t) for t in due))
+            await self.publisher.publish_many(self.topic, records)
         except BaseException:
             await asyncio.to_thread(conn.rollback)
             raise
@@ -48,9 +48,12 @@ class TimerService:
         self.fired += len(due)
         return len(due)
 
-    def _claim(self, conn: psycopg.Connection, now: datetime) -> list[timers.Timer]:
-        with conn.cursor() as cur:  # opens the transaction that holds the row locks
-            return timers.claim_due(cur, now, self.batch)
+    def _claim(self, conn: psycopg.Connection, now: datetime) -> tuple[list[timers.Timer],
+                                                                        list[Record]]:
+        """Lock the due timers (the transaction stays open) and build their records."""
+        with conn.cursor() as cur:
+            due = timers.claim_due(cur, now, self.batch)
+        return due, [self._record(t) for t in due]
 
     @staticmethod
     def _mark_fired(conn: psycopg.Connection, due: list[timers.Timer]) -> None:
@@ -59,7 +62,7 @@ class TimerService:
         conn.commit()
 
     @staticmethod
-    def _record(t: timers.Timer) -> tuple[bytes, bytes, dict[str, str]]:
+    def _record(t: timers.Timer) -> Record:
         message = StepDueV1(enrollment_id=t.enrollment_id, clinic_id=t.clinic_id,
                             patient_id=t.patient_id, step_index=t.step_index,
                             due_at=t.due_at)

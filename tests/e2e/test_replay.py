@@ -10,12 +10,14 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from contracts.topics import Topics
 from services import dataset
 from services.bootstrap import build
 from services.cli import read_report
 from services.clock import SimulatedClock
-from services.demo import _topics, define_campaigns, drain, run_demo, running
+from services.demo import define_campaigns, run_demo
 from services.replay import END_OF_TIME, Replay, chunks
+from services.runtime import drain, running
 from services.settings import Settings
 from tests.e2e.oracle import expected_report
 
@@ -92,7 +94,7 @@ async def crash_and_recover(settings: Settings) -> None:
         in_flight = pieces[len(pieces) // 2]
         ends = await replay.publish(in_flight)
         await replay.producer.stop()
-    await rewind_consumer_groups(settings, _topics(settings))
+    await rewind_consumer_groups(settings, Topics(settings.topic_prefix).all)
     # services B start from the same database and topics, and finish the run
     clock_b = SimulatedClock(clock.now())
     b = build(settings, clock_b)

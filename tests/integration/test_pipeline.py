@@ -13,9 +13,10 @@ from services import dataset
 from services.bootstrap import Services, build
 from services.cli import read_report
 from services.clock import SimulatedClock
-from services.demo import define_campaigns, drain, running
+from services.demo import define_campaigns
 from services.publisher import BulkPublisher
 from services.replay import END_OF_TIME, Replay
+from services.runtime import drain, running
 from services.settings import Settings
 
 HEADER = ("PatientId,AppointmentID,Gender,ScheduledDay,AppointmentDay,Age,Neighbourhood,"
