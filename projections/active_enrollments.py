@@ -12,6 +12,7 @@ from uuid import UUID
 
 from psycopg import Cursor
 
+from projections.sql import columns
 from projections.sql import rows as _rows
 
 DDL = """
@@ -43,9 +44,7 @@ def write(cur: Cursor, upserts: Iterable[Active], deletes: Iterable[UUID]) -> No
         cur.execute(
             "INSERT INTO active_enrollments SELECT * FROM unnest(%s::uuid[], %s::text[],"
             " %s::text[], %s::uuid[], %s::timestamptz[]) ON CONFLICT (enrollment_id) DO NOTHING",
-            ([a.enrollment_id for a in active], [a.clinic_id for a in active],
-             [a.patient_id for a in active], [a.campaign_id for a in active],
-             [a.started_at for a in active]))
+            columns(active))
     ids = list(deletes)
     if ids:
         cur.execute("DELETE FROM active_enrollments WHERE enrollment_id = ANY(%s)", (ids,))

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from psycopg import Cursor
 
+from projections.sql import columns
 from projections.sql import rows as _rows
 
 DDL = """
@@ -49,10 +50,7 @@ def write(cur: Cursor, upserts: Iterable[Timer], deletes: Iterable[UUID]) -> Non
             "INSERT INTO due_timers SELECT *, NULL FROM unnest("
             "%s::uuid[], %s::text[], %s::text[], %s::int[], %s::timestamptz[])"
             " ON CONFLICT (enrollment_id) DO UPDATE SET step_index = EXCLUDED.step_index,"
-            " due_at = EXCLUDED.due_at, fired_at = NULL",
-            ([t.enrollment_id for t in timers], [t.clinic_id for t in timers],
-             [t.patient_id for t in timers], [t.step_index for t in timers],
-             [t.due_at for t in timers]))
+            " due_at = EXCLUDED.due_at, fired_at = NULL", columns(timers))
     ids = list(deletes)
     if ids:
         cur.execute("DELETE FROM due_timers WHERE enrollment_id = ANY(%s)", (ids,))
@@ -76,8 +74,7 @@ def mark_fired(cur: Cursor, timers: Iterable[Timer], at: datetime) -> None:
             " %s::timestamptz[]) AS f(enrollment_id, step_index, due_at)"
             " WHERE t.enrollment_id = f.enrollment_id AND t.step_index = f.step_index"
             " AND t.due_at = f.due_at",
-            (at, [t.enrollment_id for t in fired], [t.step_index for t in fired],
-             [t.due_at for t in fired]))
+            [at, *columns(fired, ("enrollment_id", "step_index", "due_at"))])
 
 
 def count_due(cur: Cursor, until: datetime | None = None) -> int:
