@@ -11,6 +11,7 @@ a moment are handled before steps due at that same moment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID, uuid5
 
@@ -70,11 +71,15 @@ class Enrollment(Aggregate):
     # -- creation --------------------------------------------------------------------
     @classmethod
     def enroll(cls, campaign: CampaignDefinition, *, patient_id: str, subject: str,
-               at: datetime, cause: str, dates: dict[str, datetime]) -> Enrollment:
+               at: datetime, cause: str, dates: dict[str, datetime],
+               opt_outs: Sequence[tuple[str | None, datetime, str]] = ()) -> Enrollment:
         """Start an enrollment at `at` and schedule its first step (§3).
 
         For a campaign that waits on `appointment.starts_at` (reminders), an appointment
         that does not start after `at` enrolls nobody: `Ignored(appointment_in_past)`.
+        The patient's known `opt_outs` (channel or None, time, cause) apply as well (§4,
+        §5): an opt-out of everything before `at` enrolls nobody (`Ignored(opted_out)`);
+        the others are recorded on the enrollment at their own time.
         """
         common = dict(id=enrollment_id(campaign.id, subject), campaign_id=campaign.id,
                       campaign_version=campaign.version, clinic_id=campaign.clinic_id,
@@ -83,8 +88,13 @@ class Enrollment(Aggregate):
         if STARTS_AT in campaign.date_fields and starts_at is not None and starts_at <= at:
             return cls._create(cls.Ignored, reason=IgnoreReason.APPOINTMENT_IN_PAST.value,
                                **common)
+        if any(channel is None and when <= at for channel, when, _ in opt_outs):
+            return cls._create(cls.Ignored, reason=IgnoreReason.OPTED_OUT.value, **common)
         enrollment = cls._create(cls.Enrolled, dates=dates, **common)
         enrollment._schedule_next(campaign, moment=at)
+        for channel, when, why in sorted(opt_outs, key=lambda o: o[1]):
+            enrollment.catch_up(campaign, when)
+            enrollment.record_opt_out(campaign, channel, when, why)
         return enrollment
 
     # -- reading ---------------------------------------------------------------------

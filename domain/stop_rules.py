@@ -29,4 +29,5 @@ class IgnoreReason(StrEnum):
     """Why a trigger enrolled nobody (§3)."""
 
     APPOINTMENT_IN_PAST = "appointment_in_past"
+    OPTED_OUT = "opted_out"
     CAMPAIGN_NOT_ACTIVE = "campaign_not_active"

@@ -101,8 +101,8 @@ class DripApplication(Application[UUID]):
         return any(c.definition.clinic_id == clinic_id for c in self._campaigns.values())
 
     # -- enrollments -------------------------------------------------------------------
-    def load_enrollments(self, ids: Iterable[UUID]) -> dict[UUID, Enrollment]:
-        """Rebuild many enrollments from their events with one query."""
+    def load_aggregates(self, ids: Iterable[UUID]) -> dict[UUID, Any]:
+        """Rebuild many aggregates (enrollments, patients) from their events, one query."""
         found: dict[UUID, Any] = {}
         for stored in self.recorder.select_events_of(sorted(ids)):  # type: ignore[attr-defined]
             event = self.mapper.to_domain_event(stored)

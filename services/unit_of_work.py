@@ -13,6 +13,7 @@ from uuid import UUID
 
 from domain.campaign import CampaignDefinition
 from domain.enrollment import Enrollment
+from domain.patient import Patient, patient_id_of
 from projections import active_enrollments
 from projections.active_enrollments import Active
 from projections.dead_letters import DeadLetter
@@ -25,11 +26,12 @@ if TYPE_CHECKING:
 
 
 class UnitOfWork:
-    """Loaded enrollments, the patients' active enrollments, and what to write."""
+    """Loaded enrollments and patients, the patients' active enrollments, what to write."""
 
     def __init__(self, app: DripApplication) -> None:
         self.app = app
         self.enrollments: dict[UUID, Enrollment | None] = {}
+        self.patients: dict[UUID, Patient | None] = {}
         self.active: dict[tuple[str, str], set[UUID]] = {}
         self.effects = InlineEffects()
         self.recorded = 0
@@ -43,14 +45,31 @@ class UnitOfWork:
                 self.active.update(active_enrollments.of_patients(cur, patients))
         wanted = {i for i in ids if i not in self.enrollments}
         wanted |= {i for p in patients for i in self.active[p] if i not in self.enrollments}
-        loaded = self.app.load_enrollments(wanted)
+        people = {patient_id_of(*p) for p in patients} - set(self.patients)
+        loaded = self.app.load_aggregates(wanted | people)
         for i in wanted:
             self.enrollments[i] = loaded.get(i)
+        for i in people:
+            self.patients[i] = loaded.get(i)
 
     def get(self, enrollment_id: UUID) -> Enrollment | None:
         if enrollment_id not in self.enrollments:
             self.prefetch([enrollment_id])
         return self.enrollments[enrollment_id]
+
+    def patient(self, clinic_id: str, patient_id: str) -> Patient | None:
+        """The patient's aggregate, or None when drip has recorded nothing about them."""
+        pid = patient_id_of(clinic_id, patient_id)
+        if pid not in self.patients:
+            self.patients[pid] = self.app.load_aggregates([pid]).get(pid)
+        return self.patients[pid]
+
+    def patient_or_new(self, clinic_id: str, patient_id: str) -> Patient:
+        found = self.patient(clinic_id, patient_id)
+        if found is None:
+            found = self.patients[patient_id_of(clinic_id, patient_id)] = Patient(
+                clinic_id, patient_id)
+        return found
 
     def active_of(self, clinic_id: str, patient_id: str) -> list[Enrollment]:
         """The patient's active enrollments, oldest first (deterministic order)."""
@@ -89,8 +108,9 @@ class UnitOfWork:
                    if e is not None and e.pending_events]
         for e in changed:
             self._mirror(e)
-        n_events = sum(len(e.pending_events) for e in changed)
-        self.app.save(*changed, effects=self.effects)
+        people = [p for p in self.patients.values() if p is not None and p.pending_events]
+        n_events = sum(len(a.pending_events) for a in [*changed, *people])
+        self.app.save(*changed, *people, effects=self.effects)
         self.recorded = n_events
         return n_events
 

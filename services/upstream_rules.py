@@ -48,6 +48,8 @@ def apply_upstream(app: DripApplication, uow: UnitOfWork, ev: Any) -> None:
                 e.catch_up(c, at)
                 e.stop(c, reason, at, ev.id)
     elif ev.type == "patient.opted_out":
+        # recorded on the patient for enrollments yet to start, then on the active ones
+        uow.patient_or_new(ev.clinic_id, data.patient_id).opt_out(data.channel, at, ev.id)
         for e in uow.active_of(ev.clinic_id, data.patient_id):
             e.catch_up(uow.campaign_of(e), at)
             e.record_opt_out(uow.campaign_of(e), data.channel, at, ev.id)
@@ -72,5 +74,7 @@ def _enroll(app: DripApplication, uow: UnitOfWork, ev: Any) -> None:
             continue
         starts_at = getattr(ev.data, "starts_at", None)
         dates = {"appointment.starts_at": starts_at} if starts_at is not None else {}
+        patient = uow.patient(ev.clinic_id, ev.data.patient_id)
         uow.add(Enrollment.enroll(c, patient_id=ev.data.patient_id, subject=subject,
-                                  at=ev.time, cause=ev.id, dates=dates))
+                                  at=ev.time, cause=ev.id, dates=dates,
+                                  opt_outs=patient.opt_outs if patient else ()))

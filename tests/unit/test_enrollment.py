@@ -157,3 +157,26 @@ def test_a_missed_appointment_enrolls_into_recovery_although_it_started_in_the_p
     e = Enrollment.enroll(RECOVERY, patient_id="p", subject="a", at=STARTS + H, cause="m",
                           dates={"appointment.starts_at": STARTS})
     assert e.is_active and e.pending_due == STARTS + 3 * H
+
+
+class TestOptOutsRecordedBeforeEnrollment:  # §4 opted_out, §5 consent
+    def test_an_opt_out_of_everything_before_the_trigger_enrolls_nobody(self) -> None:
+        e = Enrollment.enroll(REMINDERS, patient_id="p", subject="a", at=STARTS - 50 * H,
+                              cause="b", dates={"appointment.starts_at": STARTS},
+                              opt_outs=[(None, STARTS - 60 * H, "o")])
+        assert e.status == "ignored" and e.ignore_reason == "opted_out"
+
+    def test_an_earlier_opt_out_of_sms_skips_the_sms_steps(self) -> None:
+        e = Enrollment.enroll(RECOVERY, patient_id="p", subject="a", at=STARTS, cause="m",
+                              dates={}, opt_outs=[("sms", STARTS - H, "o")])
+        e.catch_up(RECOVERY, STARTS + timedelta(days=30))
+        outcome = [(k, s) for k, s in names(e) if k in ("MessageSent", "StepSkipped")]
+        assert outcome == [("StepSkipped", "we-missed-you"), ("MessageSent", "rebook-nudge"),
+                           ("StepSkipped", "last-chance")]
+
+    def test_a_later_opt_out_known_already_applies_at_its_own_time(self) -> None:
+        e = Enrollment.enroll(RECOVERY, patient_id="p", subject="a", at=STARTS, cause="m",
+                              dates={}, opt_outs=[(None, STARTS + 4 * H, "o")])
+        assert e.stop_reason == "opted_out"
+        sent = [s for k, s in names(e) if k == "MessageSent"]
+        assert sent == ["we-missed-you"]  # due at +2 h, before the opt-out at +4 h
