@@ -25,10 +25,12 @@ CREATE TABLE IF NOT EXISTS log_positions (
 Reader = Callable[[int, int], Sequence[Notification]]
 
 
-def position(cur: Cursor, name: str) -> int:
-    cur.execute("SELECT position FROM log_positions WHERE name = %s", (name,))
-    found = rows(cur)
-    return found[0][0] if found else 0
+def lock_position(cur: Cursor, name: str) -> int:
+    """Follower `name`'s position (0 at first), locked until the transaction ends, so two
+    followers of one name never handle the same page."""
+    cur.execute("INSERT INTO log_positions VALUES (%s, 0) ON CONFLICT DO NOTHING", (name,))
+    cur.execute("SELECT position FROM log_positions WHERE name = %s FOR UPDATE", (name,))
+    return rows(cur)[0][0]
 
 
 def set_position(cur: Cursor, name: str, value: int) -> None:
@@ -38,15 +40,10 @@ def set_position(cur: Cursor, name: str, value: int) -> None:
 
 def follow_once(conn: Connection[Any], name: str, read: Reader,
                 apply: Callable[[Cursor, Sequence[Notification]], None], limit: int) -> int:
-    """Apply the next page after `name`'s position; returns how many notifications it held.
-
-    The position row is locked first, so two followers of one name never apply a page
-    twice.
-    """
+    """Apply the next page after `name`'s position, and move the position, in one
+    transaction; returns how many notifications the page held."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute("INSERT INTO log_positions VALUES (%s, 0) ON CONFLICT DO NOTHING", (name,))
-        cur.execute("SELECT position FROM log_positions WHERE name = %s FOR UPDATE", (name,))
-        after = rows(cur)[0][0]
+        after = lock_position(cur, name)
         page = read(after, limit)
         if page:
             apply(cur, page)

@@ -85,7 +85,3 @@ def count_due(cur: Cursor, until: datetime | None = None) -> int:
         cur.execute("SELECT count(*) FROM due_timers WHERE due_at <= %s", (until,))
     return _rows(cur)[0][0]
 
-
-def next_due(cur: Cursor) -> datetime | None:
-    cur.execute("SELECT min(due_at) FROM due_timers")
-    return _rows(cur)[0][0]

@@ -80,12 +80,8 @@ class Dispatcher:
         """Lock the position, read the next page and build its records (off the loop)."""
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.database_url)
-        with self._conn.cursor() as cur:
-            cur.execute("INSERT INTO log_positions VALUES (%s, 0) ON CONFLICT DO NOTHING",
-                        (self.name,))
-            cur.execute("SELECT position FROM log_positions WHERE name = %s FOR UPDATE",
-                        (self.name,))
-            after = cur.fetchone()[0]
+        with self._conn.cursor() as cur:  # the lock holds until _advance commits
+            after = runner.lock_position(cur, self.name)
         page = self.app.notifications(after, self.page, self.topic_filter)
         return (page[-1].id if page else after), [self._record(n) for n in page]
 

@@ -125,7 +125,6 @@ async def test_cancellations_replies_and_opt_outs_stop_what_they_concern(
         settings: Settings) -> None:  # §4, each on its own topic
     services, clock = started(settings, datetime.fromisoformat("2016-04-01T00:00:00+00:00"))
     t = services.topics
-    upstream = BulkPublisher(settings.kafka_bootstrap)
     starts = "2016-05-10T13:00:00Z"
     waves = [  # published in the order they happen, each wave handled before the next
         # P1 books A1 (confirmation due now); P2 and P3 each miss an appointment
@@ -146,13 +145,7 @@ async def test_cancellations_replies_and_opt_outs_stop_what_they_concern(
          (t.patients, b"p3", envelope("7", "patient.opted_out", "2016-05-05T00:00:00Z",
                                       "p3", channel=None))],
     ]
-    async with running(services):
-        replay = Replay(services, clock)
-        for wave in waves:
-            await replay.wait_handled(ends_of(await upstream.send_many(wave)))
-        await upstream.stop()
-        await replay.fire_until(END_OF_TIME)
-        await drain(services)
+    await publish_in_waves(services, clock, waves)
     report = read_report(settings)
     reminders = report["campaigns"]["appointment-reminders"]
     assert reminders["stopped"] == {"appointment_cancelled": 1}
@@ -170,6 +163,20 @@ async def test_cancellations_replies_and_opt_outs_stop_what_they_concern(
         "last-chance": {"sent": 0, "skipped": 2}}
 
 
+async def publish_in_waves(services: Services, clock: SimulatedClock,
+                           waves: list[list[tuple[str, bytes, bytes]]]) -> None:
+    """Publish each wave as upstream would and wait until it is handled, then fire every
+    step and let the followers catch up."""
+    upstream = BulkPublisher(services.settings.kafka_bootstrap)
+    async with running(services):
+        replay = Replay(services, clock)
+        for wave in waves:
+            await replay.wait_handled(ends_of(await upstream.send_many(wave)))
+        await upstream.stop()
+        await replay.fire_until(END_OF_TIME)
+        await drain(services)
+
+
 def ends_of(metas: list) -> dict[tuple[str, int], int]:
     ends: dict[tuple[str, int], int] = {}
     for m in metas:
@@ -180,7 +187,6 @@ def ends_of(metas: list) -> dict[tuple[str, int], int]:
 async def test_an_opt_out_holds_for_enrollments_that_start_after_it(settings: Settings) -> None:
     services, clock = started(settings, datetime.fromisoformat("2016-04-01T00:00:00+00:00"))
     t, starts = services.topics, "2016-05-10T13:00:00Z"
-    upstream = BulkPublisher(settings.kafka_bootstrap)
     waves = [
         # P4 opts out of everything, P5 of sms only ...
         [(t.patients, b"p4", envelope("1", "patient.opted_out", "2016-04-30T10:00:00Z", "p4",
@@ -193,13 +199,7 @@ async def test_an_opt_out_holds_for_enrollments_that_start_after_it(settings: Se
          (t.appointments, b"p5", envelope("4", "appointment.booked", "2016-05-01T10:00:00Z",
                                           "p5", appointment_id="a5", starts_at=starts))],
     ]
-    async with running(services):
-        replay = Replay(services, clock)
-        for wave in waves:
-            await replay.wait_handled(ends_of(await upstream.send_many(wave)))
-        await upstream.stop()
-        await replay.fire_until(END_OF_TIME)
-        await drain(services)
+    await publish_in_waves(services, clock, waves)
     report = read_report(settings)
     assert report["ignored"] == {"opted_out": 1}  # P4: no sequence at all
     reminders = report["campaigns"]["appointment-reminders"]
