@@ -108,14 +108,17 @@ def demo(
             task = bar.add_task("upstream events handled", total=total)
             return lambda n: bar.advance(task, n)
         result = run_demo(settings, path, limit, progress)
-    r = result.replay
+    report = read_report(settings)
+    outcomes = sum(n["sent"] + n["skipped"] for c in report["campaigns"].values()
+                   for n in c["steps"].values())
+    r, per_s = result.replay, 1 / max(result.replay.seconds, 1e-9)
     console.print(
-        f"{r.upstream_events:,} upstream events in {r.seconds:.1f} s "
-        f"({r.upstream_events / max(r.seconds, 1e-9):,.0f}/s); {r.fired:,} timers fired; "
-        f"{result.domain_events:,} domain events "
-        f"({result.domain_events / max(r.seconds, 1e-9):,.0f}/s); "
-        f"{result.dispatched:,} dispatch requests; wall {result.wall_seconds:.1f} s")
-    print_report(read_report(settings))
+        f"replay {r.seconds:.1f} s (wall {result.wall_seconds:.1f} s): "
+        f"{r.upstream_events:,} upstream events ({r.upstream_events * per_s:,.0f}/s); "
+        f"{outcomes:,} step outcomes, sent or skipped ({outcomes * per_s:,.0f}/s); "
+        f"{result.domain_events:,} domain events ({result.domain_events * per_s:,.0f}/s); "
+        f"{r.fired:,} timers fired; {result.dispatched:,} dispatch requests")
+    print_report(report)
 
 
 @app.command()
