@@ -119,8 +119,7 @@ def register(broker: KafkaBroker, app: DripApplication, settings: Settings) -> N
         batch=True, max_records=settings.batch_size, batch_timeout_ms=20,
         max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_raw)
-    upstream_group = f"{settings.consumer_prefix}.upstream"
-    step_group = f"{settings.consumer_prefix}.step-due"
+    upstream_group, step_group = settings.upstream_group, settings.step_due_group
 
     @broker.subscriber(*topics.upstream, group_id=upstream_group, **common)
     async def on_upstream(body: Any, msg: KafkaMessage) -> None:

@@ -59,7 +59,7 @@ class Replay:
                  stall_seconds: float = 120.0) -> None:
         self.s, self.clock = services, clock
         self.chunk_size, self.stall_seconds = chunk_size, stall_seconds
-        self.upstream_group = f"{services.settings.consumer_prefix}.upstream"
+        self.upstream_group = services.settings.upstream_group
         self._conn: psycopg.Connection | None = None
         self.producer = BulkPublisher(services.settings.kafka_bootstrap)  # the upstream system
 

@@ -23,6 +23,16 @@ class Settings(BaseSettings):
     replay_chunk: int = Field(20000, description="Upstream events per replay chunk (demo)")
     poll_seconds: float = Field(0.05, description="Idle wait of polling loops (seconds)")
 
+    @property
+    def upstream_group(self) -> str:
+        """Consumer group of the upstream subscriber (its positions are kept under it)."""
+        return f"{self.consumer_prefix}.upstream"
+
+    @property
+    def step_due_group(self) -> str:
+        """Consumer group of the `step.due` subscriber."""
+        return f"{self.consumer_prefix}.step-due"
+
     def eventsourcing_env(self) -> dict[str, str]:
         """eventsourcing's own env, derived from `database_url` (STYLE §6)."""
         url = urlparse(self.database_url)

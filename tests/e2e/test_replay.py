@@ -51,8 +51,8 @@ def test_two_replays_of_the_same_rows_give_identical_reports(settings: Settings)
 
 async def rewind_consumer_groups(settings: Settings, topics: list[str]) -> None:
     """What a crash before the Kafka commit looks like: the group starts over at 0."""
-    for group, names in ((f"{settings.consumer_prefix}.upstream", topics[:3]),
-                         (f"{settings.consumer_prefix}.step-due", topics[3:4])):
+    for group, names in ((settings.upstream_group, topics[:3]),
+                         (settings.step_due_group, topics[3:4])):
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                     group_id=group, enable_auto_commit=False)
         await consumer.start()
