@@ -63,8 +63,8 @@ def is_infrastructure(exc: BaseException) -> bool:
     return isinstance(exc, PersistenceError | psycopg.Error | OSError | KafkaError)
 
 
-async def handle_batch(app: DripApplication, broker: KafkaBroker, topics: Topics,
-                       consumer: str, use_case: UseCase, batch: list[Inbound]) -> None:
+async def handle_batch(broker: KafkaBroker, topics: Topics, consumer: str,
+                       use_case: UseCase, batch: list[Inbound]) -> None:
     """Run `use_case` on the batch off the event loop, then dead-letter what it refused.
 
     An infrastructure failure propagates (the batch is nacked and redelivered). Any other
@@ -124,9 +124,9 @@ def register(broker: KafkaBroker, app: DripApplication, settings: Settings) -> N
     @broker.subscriber(*topics.upstream, group_id=upstream_group, **common)
     async def on_upstream(body: Any, msg: KafkaMessage) -> None:
         batch = to_inbound(msg.raw_message, parse_upstream)
-        await handle_batch(app, broker, topics, upstream_group, app.handle_upstream, batch)
+        await handle_batch(broker, topics, upstream_group, app.handle_upstream, batch)
 
     @broker.subscriber(topics.step_due, group_id=step_group, **common)
     async def on_step_due(body: Any, msg: KafkaMessage) -> None:
         batch = to_inbound(msg.raw_message, parse_step_due)
-        await handle_batch(app, broker, topics, step_group, app.handle_step_due, batch)
+        await handle_batch(broker, topics, step_group, app.handle_step_due, batch)

@@ -92,7 +92,7 @@ async def test_a_record_that_breaks_the_handler_is_dead_lettered_and_the_rest_go
         return services.app.handle_upstream(consumer, batch)
 
     async with TestKafkaBroker(services.broker):
-        await handle_batch(services.app, services.broker, services.topics, "group",
+        await handle_batch(services.broker, services.topics, "group",
                            flaky_use_case, [good[0], poison, good[1]])
     with psycopg.connect(settings.database_url) as conn, conn.cursor() as cur:
         assert [d.reason for d in dead_letters.listing(cur)] == [
