@@ -52,6 +52,7 @@ class DripApplication(Application[UUID]):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
         self._campaigns: dict[UUID, Campaign] = {}
+        self._campaigns_read = 0  # last notification id load_campaigns has read
 
     # -- campaigns ---------------------------------------------------------------------
     def define_campaign(self, definition: CampaignDefinition, activate: bool = True) -> UUID:
@@ -67,13 +68,16 @@ class DripApplication(Application[UUID]):
         return campaign.id
 
     def load_campaigns(self) -> list[Campaign]:
-        """Every campaign recorded in the event log (read once, then cached)."""
+        """Every campaign recorded in the event log. Reads only the notifications after the
+        last one it read, so calling it again (for an unknown clinic) stays cheap."""
         topic = f"{Campaign.Defined.__module__}:{Campaign.Defined.__qualname__}"
-        start = 1
-        while page := self.recorder.select_notifications(start, 1000, topics=[topic]):
+        head = self.recorder.max_notification_id() or 0  # commit order = id order (its lock)
+        while page := self.recorder.select_notifications(self._campaigns_read + 1, 1000,
+                                                         stop=head, topics=[topic]):
             for n in page:
                 self._campaigns[n.originator_id] = self.repository.get(n.originator_id)
-            start = page[-1].id + 1
+            self._campaigns_read = page[-1].id
+        self._campaigns_read = max(self._campaigns_read, head)
         return list(self._campaigns.values())
 
     def campaign(self, cid: UUID) -> CampaignDefinition:
