@@ -79,10 +79,7 @@ class _Page:
 
     def row(self, eid: UUID) -> dict[str, Any]:
         if eid not in self.rows:
-            cols = ", ".join(COLUMNS)
-            self.cur.execute(f"SELECT {cols} FROM enrollments WHERE enrollment_id = %s", (eid,))
-            found = rows(self.cur)
-            self.rows[eid] = dict(zip(COLUMNS, found[0], strict=True))
+            self.prefetch({eid})
         return self.rows[eid]
 
     def write(self) -> None:
