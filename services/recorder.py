@@ -4,6 +4,7 @@ events' own transaction, and to load many aggregates' events in one query."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +15,9 @@ from psycopg.rows import DictRow
 
 from projections.inline import InlineEffects
 from projections.schema import DDL
+from projections.sql import columns
+
+STORED_EVENT_COLUMNS = ("originator_id", "originator_version", "topic", "state")
 
 
 class DripRecorder(PostgresApplicationRecorder):
@@ -37,12 +41,9 @@ class DripRecorder(PostgresApplicationRecorder):
         composite type: psycopg dumps those much faster (same rows, same locking)."""
         self._lock_table(curs)
         self._notify_channel(curs)
-        curs.execute(self._columnar_insert, (
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events], [e.state for e in stored_events]))
+        curs.execute(self._columnar_insert, columns(stored_events, STORED_EVENT_COLUMNS))
 
-    @property
+    @cached_property
     def _columnar_insert(self) -> sql.Composed:
         return sql.SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
@@ -55,11 +56,11 @@ class DripRecorder(PostgresApplicationRecorder):
         """Every stored event of the given aggregates, by aggregate then version."""
         if not ids:
             return []
-        sql = (f"SELECT originator_id, originator_version, topic, state FROM "
-               f"{self.events_table_name} WHERE originator_id = ANY(%s)"
-               f" ORDER BY originator_id, originator_version")
+        query = (f"SELECT originator_id, originator_version, topic, state FROM "
+                 f"{self.events_table_name} WHERE originator_id = ANY(%s)"
+                 f" ORDER BY originator_id, originator_version")
         with self.datastore.transaction(commit=False) as cur:
-            cur.execute(sql, (list(ids),))
+            cur.execute(query, (list(ids),))
             return [StoredEvent(originator_id=r["originator_id"],
                                 originator_version=r["originator_version"],
                                 topic=r["topic"], state=bytes(r["state"]))
