@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
@@ -50,6 +51,14 @@ def chunks(timeline: Sequence[UpstreamRecord], size: int) -> list[Sequence[Upstr
         out.append(timeline[start:end])
         start = end
     return out
+
+
+def ends_of(metas: Iterable[Any]) -> dict[tuple[str, int], int]:
+    """The last offset per (topic, partition) among produced records' metadata."""
+    ends: dict[tuple[str, int], int] = {}
+    for m in metas:
+        ends[(m.topic, m.partition)] = max(m.offset, ends.get((m.topic, m.partition), -1))
+    return ends
 
 
 class Replay:
@@ -91,12 +100,8 @@ class Replay:
     async def publish(self, chunk: Sequence[UpstreamRecord]) -> dict[tuple[str, int], int]:
         """Publish as the upstream system would; returns the last offset per partition."""
         topics = self.s.topics
-        ends: dict[tuple[str, int], int] = {}
-        for meta in await self.producer.send_many(
-                (topics.for_type(r.type), r.key, r.value) for r in chunk):
-            tp = (meta.topic, meta.partition)
-            ends[tp] = max(meta.offset, ends.get(tp, -1))
-        return ends
+        return ends_of(await self.producer.send_many(
+            (topics.for_type(r.type), r.key, r.value) for r in chunk))
 
     async def wait_handled(self, ends: dict[tuple[str, int], int]) -> None:
         """Wait until the upstream consumer's recorded positions reach `ends`."""

@@ -15,7 +15,7 @@ from services.cli import read_report
 from services.clock import SimulatedClock
 from services.demo import define_campaigns
 from services.publisher import BulkPublisher
-from services.replay import END_OF_TIME, Replay
+from services.replay import END_OF_TIME, Replay, ends_of
 from services.runtime import drain, running
 from services.settings import Settings
 
@@ -175,34 +175,3 @@ async def publish_in_waves(services: Services, clock: SimulatedClock,
         await upstream.stop()
         await replay.fire_until(END_OF_TIME)
         await drain(services)
-
-
-def ends_of(metas: list) -> dict[tuple[str, int], int]:
-    ends: dict[tuple[str, int], int] = {}
-    for m in metas:
-        ends[(m.topic, m.partition)] = max(m.offset, ends.get((m.topic, m.partition), -1))
-    return ends
-
-
-async def test_an_opt_out_holds_for_enrollments_that_start_after_it(settings: Settings) -> None:
-    services, clock = started(settings, datetime.fromisoformat("2016-04-01T00:00:00+00:00"))
-    t, starts = services.topics, "2016-05-10T13:00:00Z"
-    waves = [
-        # P4 opts out of everything, P5 of sms only ...
-        [(t.patients, b"p4", envelope("1", "patient.opted_out", "2016-04-30T10:00:00Z", "p4",
-                                      channel=None)),
-         (t.patients, b"p5", envelope("2", "patient.opted_out", "2016-04-30T10:00:00Z", "p5",
-                                      channel="sms"))],
-        # ... and both book the next day
-        [(t.appointments, b"p4", envelope("3", "appointment.booked", "2016-05-01T10:00:00Z",
-                                          "p4", appointment_id="a4", starts_at=starts)),
-         (t.appointments, b"p5", envelope("4", "appointment.booked", "2016-05-01T10:00:00Z",
-                                          "p5", appointment_id="a5", starts_at=starts))],
-    ]
-    await publish_in_waves(services, clock, waves)
-    report = read_report(settings)
-    assert report["ignored"] == {"opted_out": 1}  # P4: no sequence at all
-    reminders = report["campaigns"]["appointment-reminders"]
-    assert reminders["enrolled"] == 1 and reminders["completed"] == 1  # P5
-    assert all(n == {"sent": 0, "skipped": 1} for n in reminders["steps"].values())
-    assert services.dispatcher.relayed_total() == 0  # no sms to either of them
