@@ -2,7 +2,7 @@
 
 Measures, on the first N rows of the no-show data set (2 upstream events per row):
 
-1. drip: `services.demo.run_demo` (reset, two campaigns, replay, drain) - upstream events/s,
+1. drip: `services.devtools.demo.run_demo` (reset, two campaigns, replay, drain) - upstream events/s,
    domain events/s and timers fired/s over the replay, plus the process's peak RSS;
 2. raw Kafka: the same upstream records produced with a plain idempotent `acks="all"`
    producer to a fresh 4-partition topic, then consumed back with a plain consumer -
@@ -31,17 +31,20 @@ import resource
 import secrets
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
-from services import dataset, kafka_admin
-from services.demo import run_demo
+from services.adapters import kafka_admin
+from services.devtools import dataset
+from services.devtools.demo import run_demo
 from services.settings import Settings
 
 KAFKA = "127.0.0.1:19092"
+SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "medical-appointments-no-show.csv"
 ADMIN_URL = "postgresql://drip:drip@127.0.0.1:54329/drip"
 PG_BATCH = 2000
 
@@ -49,7 +52,7 @@ PG_BATCH = 2000
 async def raw_kafka(topic: str, records: list[dataset.UpstreamRecord]) -> tuple[float, float]:
     """Seconds to produce all `records`, then seconds to consume them all back."""
     await kafka_admin.ensure_topics(KAFKA, [topic])  # 4 partitions, like drip's topics
-    # Same producer knobs as services/publisher.py.
+    # Same producer knobs as services/adapters/publisher.py.
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all",
                                 enable_idempotence=True, linger_ms=5)
     await producer.start()
@@ -118,7 +121,10 @@ async def delete_kafka_state(prefix: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="CSV rows (default 20000)")
-    rows = parser.parse_args().rows
+    parser.add_argument("--csv", type=Path, default=Path(os.environ.get("DRIP_DATASET_CSV", SHARED_CSV)),
+                        help="appointments CSV (default: DRIP_DATASET_CSV or ../shared/data)")
+    args = parser.parse_args()
+    rows, csv = args.rows, args.csv
     tag = secrets.token_hex(4)
     db, prefix = f"drip_bench_{tag}", f"bench-{tag}"
     url = ADMIN_URL.rsplit("/", 1)[0] + "/" + db
@@ -127,9 +133,9 @@ def main() -> None:
     try:
         settings = Settings(kafka_bootstrap=KAFKA, database_url=url,
                             topic_prefix=prefix, consumer_prefix=prefix)
-        result = run_demo(settings, dataset.DEFAULT_CSV, rows, lambda total, _: (lambda n: None))
+        result = run_demo(settings, csv, rows, lambda total: (lambda n: None))
         peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        records = dataset.timeline(dataset.DEFAULT_CSV, rows)
+        records = dataset.timeline(csv, rows)
         produced, consumed = asyncio.run(raw_kafka(f"{prefix}.raw-baseline", records))
         pg_seconds = raw_pg(url, result.domain_events)
     finally:

@@ -15,6 +15,10 @@ from contracts.envelope import Envelope
 from contracts.messages import ReplyReceived
 from contracts.patients import PatientOptedOut
 
+UpstreamEvent = (AppointmentBooked | AppointmentCancelled | AppointmentAttended | AppointmentMissed
+                 | PatientOptedOut | ReplyReceived)
+"""Every upstream event drip consumes (§9), as its parsed contract class."""
+
 UPSTREAM_SCHEMAS: dict[tuple[str, int], type[Envelope[Any]]] = {
     ("appointment.booked", 1): AppointmentBooked,
     ("appointment.cancelled", 1): AppointmentCancelled,

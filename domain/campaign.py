@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -21,6 +22,14 @@ from domain.stop_rules import StopReason
 CHANNELS = frozenset({"sms", "email", "whatsapp", "push", "in_app"})
 KINDS = frozenset({"reminder", "follow_up", "marketing", "reactivation", "survey"})
 SUBJECTS = frozenset({"patient", "appointment"})
+
+
+class CampaignStatus(StrEnum):
+    """§2 lifecycle: `draft → active ⇄ paused`. Only `active` campaigns enroll and send."""
+
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ class Campaign(Aggregate):
     @event("Defined")
     def __init__(self, definition: dict[str, Any]) -> None:
         self.definition = CampaignDefinition.from_dict(definition)
-        self.status = "draft"
+        self.status = CampaignStatus.DRAFT
 
     @staticmethod
     def create_id(definition: dict[str, Any]) -> UUID:
@@ -127,17 +136,17 @@ class Campaign(Aggregate):
         return cls(definition=definition.to_dict())
 
     def activate(self) -> None:
-        if self.status != "active":
+        if self.status != CampaignStatus.ACTIVE:
             self._activated()
 
     @event("Activated")
     def _activated(self) -> None:
-        self.status = "active"
+        self.status = CampaignStatus.ACTIVE
 
     def pause(self) -> None:
-        if self.status == "active":
+        if self.status == CampaignStatus.ACTIVE:
             self._paused()
 
     @event("Paused")
     def _paused(self) -> None:
-        self.status = "paused"
+        self.status = CampaignStatus.PAUSED

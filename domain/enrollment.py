@@ -13,16 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from enum import StrEnum
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from domain.campaign import CampaignDefinition
 from domain.errors import MissingDate
+from domain.schedule import APPOINTMENT_STARTS_AT
 from domain.stop_rules import IgnoreReason, SkipReason, StopReason
 
-ACTIVE, COMPLETED, STOPPED, IGNORED = "active", "completed", "stopped", "ignored"
-STARTS_AT = "appointment.starts_at"
+
+class EnrollmentStatus(StrEnum):
+    """§3: `active` until `completed` (all steps done) or `stopped` (with a reason);
+    `ignored` when the trigger enrolled nobody."""
+
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    IGNORED = "ignored"
 
 
 def enrollment_id(campaign_id: UUID, subject: str) -> UUID:
@@ -33,7 +42,7 @@ def enrollment_id(campaign_id: UUID, subject: str) -> UUID:
 class Enrollment(Aggregate):
     """State: status, the pending step (index, due time), opted-out channels."""
 
-    class Triggered(Aggregate.Created):
+    class Started(Aggregate.Created):
         """What every start of an enrollment records: campaign, subject, time, cause."""
 
         campaign_id: UUID
@@ -44,10 +53,10 @@ class Enrollment(Aggregate):
         at: datetime
         cause: str
 
-    class Enrolled(Triggered):
+    class Enrolled(Started):
         dates: dict[str, datetime]
 
-    class Ignored(Triggered):
+    class Ignored(Started):
         reason: str
 
     def __init__(self, campaign_id: UUID, campaign_version: int, clinic_id: str,
@@ -60,7 +69,7 @@ class Enrollment(Aggregate):
         self.subject = subject
         self.started_at = at
         self.dates = dict(dates or {})
-        self.status = IGNORED if reason else ACTIVE
+        self.status = EnrollmentStatus.IGNORED if reason else EnrollmentStatus.ACTIVE
         self.ignore_reason = reason
         self.stop_reason: str | None = None
         self.next_index = 0
@@ -84,8 +93,8 @@ class Enrollment(Aggregate):
         common = dict(id=enrollment_id(campaign.id, subject), campaign_id=campaign.id,
                       campaign_version=campaign.version, clinic_id=campaign.clinic_id,
                       patient_id=patient_id, subject=subject, at=at, cause=cause)
-        starts_at = dates.get(STARTS_AT)
-        if STARTS_AT in campaign.date_fields and starts_at is not None and starts_at <= at:
+        starts_at = dates.get(APPOINTMENT_STARTS_AT)
+        if APPOINTMENT_STARTS_AT in campaign.date_fields and starts_at is not None and starts_at <= at:
             return cls._create(cls.Ignored, reason=IgnoreReason.APPOINTMENT_IN_PAST.value,
                                **common)
         if any(channel is None and when <= at for channel, when, _ in opt_outs):
@@ -100,7 +109,7 @@ class Enrollment(Aggregate):
     # -- reading ---------------------------------------------------------------------
     @property
     def is_active(self) -> bool:
-        return self.status == ACTIVE
+        return self.status == EnrollmentStatus.ACTIVE
 
     @property
     def pending_index(self) -> int | None:
@@ -224,8 +233,8 @@ class Enrollment(Aggregate):
 
     @event("Stopped")
     def _stopped(self, reason: str, at: datetime, cause: str) -> None:
-        self.status, self.stop_reason, self.pending_due = STOPPED, reason, None
+        self.status, self.stop_reason, self.pending_due = EnrollmentStatus.STOPPED, reason, None
 
     @event("Completed")
     def _completed(self, at: datetime) -> None:
-        self.status, self.pending_due = COMPLETED, None
+        self.status, self.pending_due = EnrollmentStatus.COMPLETED, None

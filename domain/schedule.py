@@ -13,6 +13,8 @@ from domain.errors import MissingDate
 
 ENROLLMENT = "enrollment"
 PREVIOUS_STEP = "previous_step"
+APPOINTMENT_STARTS_AT = "appointment.starts_at"
+"""The date an appointment-bound enrollment carries (the wait-until anchor of reminders)."""
 
 
 @dataclass(frozen=True)

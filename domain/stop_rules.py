@@ -1,4 +1,5 @@
-"""Stop reasons of §4 (auto-exit) and the skip reasons of §2, as the words events carry."""
+"""Stop reasons of §4 (auto-exit), skip reasons of §2 and ignore reasons of §3, as the words
+events carry. Only the reasons a rule can produce today are listed; issues add the rest."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ class StopReason(StrEnum):
     APPOINTMENT_BOOKED = "appointment_booked"
     RESPONDED = "responded"
     OPTED_OUT = "opted_out"
-    DEADLINE_PASSED = "deadline_passed"
     APPOINTMENT_CANCELLED = "appointment_cancelled"
     APPOINTMENT_ATTENDED = "appointment_attended"
-    MANUAL = "manual"
 
 
 class SkipReason(StrEnum):
@@ -30,4 +29,3 @@ class IgnoreReason(StrEnum):
 
     APPOINTMENT_IN_PAST = "appointment_in_past"
     OPTED_OUT = "opted_out"
-    CAMPAIGN_NOT_ACTIVE = "campaign_not_active"

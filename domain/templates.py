@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from domain.campaign import CampaignDefinition, SendStep
-from domain.schedule import Wait
+from domain.schedule import APPOINTMENT_STARTS_AT, Wait
 from domain.stop_rules import StopReason
-
-STARTS_AT = "appointment.starts_at"
 
 
 def appointment_reminders(clinic_id: str, time_zone: str) -> CampaignDefinition:
@@ -21,9 +19,9 @@ def appointment_reminders(clinic_id: str, time_zone: str) -> CampaignDefinition:
         steps=(
             SendStep("confirmation", "sms", "reminders/confirmation", Wait.after_enrollment()),
             SendStep("reminder-48h", "sms", "reminders/48h",
-                     Wait.before(STARTS_AT, timedelta(hours=48))),
+                     Wait.before(APPOINTMENT_STARTS_AT, timedelta(hours=48))),
             SendStep("reminder-day-of", "sms", "reminders/day-of",
-                     Wait.before(STARTS_AT, timedelta(hours=3))),
+                     Wait.before(APPOINTMENT_STARTS_AT, timedelta(hours=3))),
         ),
     )
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
 from psycopg import Cursor
 
+from domain.campaign import Campaign
+from domain.enrollment import Enrollment, EnrollmentStatus
 from projections.sql import rows
 
 DDL = """
@@ -53,10 +55,9 @@ TYPES = ("uuid", "uuid", "text", "text", "text", "text", "text", "int", "int", "
 def apply(cur: Cursor, events: Sequence[Any]) -> None:
     """Fold one page of domain events into the tables (caller owns the transaction)."""
     page = _Page(cur)
-    page.prefetch({ev.originator_id for ev in events
-                   if type(ev).__qualname__.startswith("Enrollment.")})
+    page.prefetch({ev.originator_id for ev in events if isinstance(ev, Enrollment.Event)})
     for ev in events:
-        handler = _HANDLERS.get(type(ev).__qualname__)
+        handler = _HANDLERS.get(type(ev))
         if handler is not None:
             handler(page, ev)
     page.write()
@@ -119,18 +120,18 @@ def _created(page: _Page, ev: Any, status: str) -> dict[str, Any]:
     row = dict.fromkeys(COLUMNS)
     row.update(enrollment_id=ev.originator_id, campaign_id=ev.campaign_id,
                clinic_id=ev.clinic_id, patient_id=ev.patient_id, subject=ev.subject,
-               status=status, steps_done=0, started_at=ev.at)
+               status=str(status), steps_done=0, started_at=ev.at)
     page.rows[ev.originator_id] = row
     return row
 
 
 def _enrolled(page: _Page, ev: Any) -> None:
-    _created(page, ev, "active")
+    _created(page, ev, EnrollmentStatus.ACTIVE)
     page.counts[(ev.campaign_id, "enrolled", "")] += 1
 
 
 def _ignored(page: _Page, ev: Any) -> None:
-    row = _created(page, ev, "ignored")
+    row = _created(page, ev, EnrollmentStatus.IGNORED)
     row.update(stop_reason=ev.reason, ended_at=ev.at)
     page.counts[(ev.campaign_id, "ignored", ev.reason)] += 1
 
@@ -154,20 +155,20 @@ def _skipped(page: _Page, ev: Any) -> None:
 
 def _ended(page: _Page, ev: Any, status: str, reason: str | None) -> None:
     row = page.row(ev.originator_id)
-    row.update(status=status, stop_reason=reason, ended_at=ev.at, next_step_index=None,
+    row.update(status=str(status), stop_reason=reason, ended_at=ev.at, next_step_index=None,
                next_due_at=None)
-    page.counts[(row["campaign_id"], status, reason or "")] += 1
+    page.counts[(row["campaign_id"], str(status), reason or "")] += 1
 
 
-_HANDLERS = {
-    "Campaign.Defined": _campaign_defined,
-    "Enrollment.Enrolled": _enrolled,
-    "Enrollment.Ignored": _ignored,
-    "Enrollment.StepScheduled": _scheduled,
-    "Enrollment.MessageSent": _sent,
-    "Enrollment.StepSkipped": _skipped,
-    "Enrollment.Stopped": lambda page, ev: _ended(page, ev, "stopped", ev.reason),
-    "Enrollment.Completed": lambda page, ev: _ended(page, ev, "completed", None),
+_HANDLERS: dict[type, Callable[[_Page, Any], None]] = {
+    Campaign.Defined: _campaign_defined,
+    Enrollment.Enrolled: _enrolled,
+    Enrollment.Ignored: _ignored,
+    Enrollment.StepScheduled: _scheduled,
+    Enrollment.MessageSent: _sent,
+    Enrollment.StepSkipped: _skipped,
+    Enrollment.Stopped: lambda page, ev: _ended(page, ev, EnrollmentStatus.STOPPED, ev.reason),
+    Enrollment.Completed: lambda page, ev: _ended(page, ev, EnrollmentStatus.COMPLETED, None),
 }
 
 

@@ -11,16 +11,16 @@ from uuid import UUID
 
 from psycopg import Cursor
 
-from projections import active_enrollments, dead_letters, positions, timers
+from projections import active_enrollments, consumer_positions, dead_letters, timers
 
-DDL = positions.DDL + timers.DDL + active_enrollments.DDL + dead_letters.DDL
+DDL = consumer_positions.DDL + timers.DDL + active_enrollments.DDL + dead_letters.DDL
 
 
 @dataclass
 class InlineEffects:
     """What one unit of work changes besides the event store."""
 
-    advances: list[positions.Advance] = field(default_factory=list)
+    advances: list[consumer_positions.Advance] = field(default_factory=list)
     timers: list[timers.Timer] = field(default_factory=list)
     timers_done: list[UUID] = field(default_factory=list)
     active: list[active_enrollments.Active] = field(default_factory=list)
@@ -28,7 +28,7 @@ class InlineEffects:
     dead_letters: list[dead_letters.DeadLetter] = field(default_factory=list)
 
     def write(self, cur: Cursor) -> None:
-        positions.write(cur, self.advances)
+        consumer_positions.write(cur, self.advances)
         timers.write(cur, self.timers, self.timers_done)
         active_enrollments.write(cur, self.active, self.inactive)
         dead_letters.write(cur, self.dead_letters)

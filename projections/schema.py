@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from psycopg import Connection
 
-from projections import campaign_stats, inline, runner
+from projections import campaign_stats, inline, log_positions
 
-DDL = inline.DDL + runner.DDL + campaign_stats.DDL
+DDL = inline.DDL + log_positions.DDL + campaign_stats.DDL
 
 
 def reset(conn: Connection) -> None:

@@ -1,20 +1,32 @@
-"""The composition root: settings in, wired services out. Nothing connects at import."""
+"""The composition root: settings in, wired services out. Nothing connects at import.
+
+It alone turns settings into eventsourcing's environment and Kafka clients (STYLE §6),
+and owns every PostgreSQL connection drip opens itself: one `psycopg_pool` pool handed to
+the timer, the relays, the projector, the replay driver, the report and the reset
+(eventsourcing keeps its own pool for the event store).
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
 
 from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+from psycopg_pool import ConnectionPool
 
 from contracts.topics import Topics
-from services import consumers
-from services.application import DripApplication
-from services.clock import Clock, WallClock
-from services.followers import Dispatcher, Projector
-from services.publisher import BulkPublisher
+from projections import dead_letters
+from services.adapters.clock import Clock, WallClock
+from services.adapters.log_listener import LogListener
+from services.adapters.publisher import BulkPublisher
+from services.application.app import DripApplication
+from services.entrypoints import asyncapi, subscribers
+from services.entrypoints.projector import Projector
+from services.entrypoints.relays import DeadLetterRelay, Dispatcher
+from services.entrypoints.timer import TimerService
 from services.settings import Settings
-from services.timer import TimerService
 
 
 @dataclass
@@ -23,18 +35,49 @@ class Services:
 
     settings: Settings
     topics: Topics
+    pool: ConnectionPool
     app: DripApplication
     broker: KafkaBroker
     publisher: BulkPublisher
     timer: TimerService
     dispatcher: Dispatcher
+    dead_letter_relay: DeadLetterRelay
     projector: Projector
+
+    def close(self) -> None:
+        """Close the connection pools (Kafka clients are stopped by the runtime)."""
+        self.pool.close()
+        self.app.close()
+
+
+def eventsourcing_env(settings: Settings) -> dict[str, str]:
+    """eventsourcing's own environment, derived from `settings.database_url`."""
+    url = urlparse(settings.database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": "services.adapters.recorder:DripRecorder",
+        "POSTGRES_DBNAME": url.path.lstrip("/"),
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or ""),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_POOL_SIZE": "6",
+        "POSTGRES_LOCK_TIMEOUT": "30",
+        "CREATE_TABLE": "true",
+    }
+
+
+def build_pool(settings: Settings) -> ConnectionPool:
+    """drip's own connections (read models, timers, relay positions), opened now."""
+    return ConnectionPool(settings.database_url, min_size=1, max_size=8, open=True,
+                          name="drip")
 
 
 def build_application(settings: Settings) -> DripApplication:
-    """The event-sourced application on PostgreSQL; creates missing tables."""
-    app = DripApplication(env=settings.eventsourcing_env())
-    app.load_campaigns()
+    """The event-sourced application on PostgreSQL; creates missing tables and reads the
+    campaign catalogue."""
+    app = DripApplication(env=eventsourcing_env(settings))
+    app.campaigns.refresh()
     return app
 
 
@@ -49,11 +92,31 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> Servi
     settings = settings or Settings()
     topics = Topics(settings.topic_prefix)
     app = build_application(settings)
+    pool = build_pool(settings)
     broker = build_broker(settings)
-    consumers.register(broker, app, settings)
+    subscribers.register(broker, settings, lambda: app)
     publisher = BulkPublisher(settings.kafka_bootstrap)
-    timer = TimerService(settings.database_url, publisher, topics.step_due, clock or WallClock(),
-                         batch=settings.timer_batch, idle_seconds=settings.poll_seconds)
-    dispatcher = Dispatcher(app, publisher, topics.dispatch, settings.database_url)
-    projector = Projector(app, settings.database_url)
-    return Services(settings, topics, app, broker, publisher, timer, dispatcher, projector)
+    events = LogListener(settings.database_url, app.recorder.channel_name)  # type: ignore[attr-defined]
+    idle = settings.idle_seconds
+    return Services(
+        settings, topics, pool, app, broker, publisher,
+        timer=TimerService(clock or WallClock(), pool, publisher, topics.step_due,
+                           page=settings.timer_batch, idle_seconds=settings.timer_idle_seconds),
+        dispatcher=Dispatcher(app, pool, publisher, topics.dispatch, events, idle_seconds=idle),
+        dead_letter_relay=DeadLetterRelay(
+            pool, publisher, topics.dead_letters,
+            LogListener(settings.database_url, dead_letters.CHANNEL), idle_seconds=idle),
+        projector=Projector(app, pool, LogListener(settings.database_url,
+                                                   app.recorder.channel_name),  # type: ignore[attr-defined]
+                            idle_seconds=idle))
+
+
+def asyncapi_document(settings: Settings) -> AsyncAPI:
+    """The AsyncAPI document of the broker `build` wires (§9); connects to nothing."""
+    broker = build_broker(settings)
+
+    def no_application() -> DripApplication:
+        raise RuntimeError("the AsyncAPI document's broker is never started")
+
+    subscribers.register(broker, settings, no_application)
+    return asyncapi.document(broker, Topics(settings.topic_prefix))

@@ -1,22 +1,27 @@
-"""The `drip` command: infrastructure, services, the demo, the report (Typer)."""
+"""The `drip` command: services, the demo, the report, the local stack (Typer).
+
+`serve`, `follow` and `report` connect to what `DRIP_KAFKA_BOOTSTRAP` and
+`DRIP_DATABASE_URL` name and never start anything; `demo` and `infra` are developer
+tools that start the local stack (scripts/infra.sh) when those are not set.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import psycopg
 import typer
+from psycopg_pool import ConnectionPool
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from contracts.topics import Topics
 from projections import campaign_stats, dead_letters, schema
-from services import infra
+from services.bootstrap import asyncapi_document, build, build_pool
 from services.settings import Settings
 
 app = typer.Typer(help="drip: event-sourced drip campaigns on Kafka and PostgreSQL.",
@@ -26,8 +31,10 @@ app.add_typer(infra_app, name="infra")
 console = Console()
 
 
-def settings_with_infra() -> Settings:
-    """Settings whose endpoints come from DRIP_* or from the stack `infra up` starts."""
+def settings_with_local_stack() -> Settings:
+    """Settings whose endpoints come from DRIP_* or from the local stack (devtools)."""
+    from services.devtools import infra
+
     endpoints = infra.endpoints_from_env_or_up()
     os.environ.setdefault("DRIP_KAFKA_BOOTSTRAP", endpoints.kafka_bootstrap)
     os.environ.setdefault("DRIP_DATABASE_URL", endpoints.database_url)
@@ -37,31 +44,37 @@ def settings_with_infra() -> Settings:
 @infra_app.command("up")
 def infra_up() -> None:
     """Install (if missing) and start Kafka and PostgreSQL; print their endpoints."""
-    e = infra.up()
-    console.print(f"DRIP_KAFKA_BOOTSTRAP={e.kafka_bootstrap}\nDRIP_DATABASE_URL={e.database_url}")
+    from services.devtools import infra
+
+    typer.echo(infra.run("up"), nl=False)
 
 
 @infra_app.command("down")
 def infra_down() -> None:
     """Stop the local Kafka and PostgreSQL."""
-    infra.down()
+    from services.devtools import infra
+
+    infra.run("down")
 
 
 @infra_app.command("status")
 def infra_status() -> None:
-    console.print(infra.status())
+    """One line per service on stderr; exit 3 when one is down."""
+    from services.devtools import infra
+
+    infra.run("status")
 
 
-def read_report(settings: Settings) -> dict:
+def read_report(pool: ConnectionPool) -> dict[str, Any]:
     """The report, from the PostgreSQL read models only."""
-    with psycopg.connect(settings.database_url) as conn, conn.cursor() as cur:
+    with pool.connection() as conn, conn.cursor() as cur:
         cur.execute(schema.DDL)  # idempotent: a report before any run is an empty report
         out = campaign_stats.report(cur)
         out["dead_letters"] = dead_letters.count(cur)
     return out
 
 
-def print_report(report: dict) -> None:
+def print_report(report: dict[str, Any]) -> None:
     table = Table(title="drip report (from the PostgreSQL projections)")
     table.add_column("campaign / step", no_wrap=True)
     for col in ("enrolled", "completed", "sent", "skipped"):
@@ -84,7 +97,8 @@ def print_report(report: dict) -> None:
 @app.command()
 def report(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False) -> None:
     """Campaign statistics read from the projections."""
-    data = read_report(settings_with_infra())
+    with build_pool(Settings()) as pool:
+        data = read_report(pool)
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -93,22 +107,25 @@ def report(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout"
 
 @app.command()
 def demo(
-    csv: Annotated[Path, typer.Option(help="Appointments CSV")] = None,  # type: ignore[assignment]
+    csv: Annotated[Path | None, typer.Option(
+        help="Appointments CSV (default: DRIP_DATASET_CSV)")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
 ) -> None:
     """Start everything, replay real appointments through two campaigns, print the report."""
-    from services import dataset
-    from services.demo import run_demo
+    from services.devtools.demo import run_demo
 
-    settings = settings_with_infra()
-    path = csv or dataset.DEFAULT_CSV
+    settings = settings_with_local_stack()
+    path = csv or settings.dataset_csv
+    if path is None:
+        raise typer.BadParameter("give --csv PATH or set DRIP_DATASET_CSV", param_hint="--csv")
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-        def progress(total: int, _: int):
+        def progress(total: int) -> Callable[[int], None]:
             task = bar.add_task("upstream events handled", total=total)
             return lambda n: bar.advance(task, n)
         result = run_demo(settings, path, limit, progress)
-    report = read_report(settings)
+    with build_pool(settings) as pool:
+        report = read_report(pool)
     outcomes = sum(n["sent"] + n["skipped"] for c in report["campaigns"].values()
                    for n in c["steps"].values())
     r, per_s = result.replay, 1 / max(result.replay.seconds, 1e-9)
@@ -125,30 +142,31 @@ def demo(
 def asyncapi(yaml: Annotated[bool, typer.Option("--yaml", help="YAML instead of JSON")] = False,
              ) -> None:
     """Print the AsyncAPI document of drip's topics and contracts (§9)."""
-    from services.asyncapi import document
-
-    spec = document(Topics(Settings().topic_prefix)).to_specification()
+    spec = asyncapi_document(Settings()).to_specification()
     typer.echo(spec.to_yaml() if yaml else spec.to_json())
 
 
 @app.command("follow")
 def follow_log() -> None:
     """Run the event-log followers (projector, dispatcher) until interrupted."""
-    from services.bootstrap import build
     from services.runtime import follow
 
-    asyncio.run(follow(build(settings_with_infra())))
+    _run(follow, build(Settings()))
 
 
 @app.command()
 def serve() -> None:
     """Run every service on the wall clock until interrupted."""
-    from services.bootstrap import build
-    from services.runtime import run_services
+    from services.runtime import serve as serve_all
 
-    settings = settings_with_infra()
-    services = build(settings)
-    asyncio.run(run_services(services, lambda: asyncio.Event().wait()))
+    _run(serve_all, build(Settings()))
+
+
+def _run(main: Callable[[Any], Any], services: Any) -> None:
+    try:
+        asyncio.run(main(services))
+    finally:
+        services.close()
 
 
 if __name__ == "__main__":

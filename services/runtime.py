@@ -1,5 +1,11 @@
-"""Running drip's services in a process: the broker's subscribers, the timer service and
-the event-log followers (dispatcher, projector), and waiting for the followers to catch up."""
+"""Running drip's services in a process, under one supervisor.
+
+Every long-running loop (timer, dispatcher, dead-letter relay, projector, and the child
+`drip follow` process when the followers run apart) is a task of one `asyncio.TaskGroup`:
+a loop that dies cancels the others and the body, and the error propagates, so the
+process stops loudly instead of living on half-alive. FastStream runs the Kafka consume
+loops itself and restarts one that fails.
+"""
 
 from __future__ import annotations
 
@@ -8,76 +14,120 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+import structlog
 
 from services.bootstrap import Services
 from services.settings import Settings
 
+log = structlog.get_logger("drip.runtime")
+Followers = Literal["here", "process", "none"]
+
+
+class LoopDied(RuntimeError):
+    """A supervised loop or child process ended although nothing asked it to."""
+
 
 @contextlib.asynccontextmanager
-async def running(services: Services, followers: str = "here") -> AsyncIterator[Services]:
-    """The broker's subscribers, the timer, and the log followers (dispatcher, projector),
-    running. `followers="process"` runs the followers in a `drip follow` subprocess, so
-    they use the second core instead of sharing this process's GIL.
+async def running(services: Services, followers: Followers = "here") -> AsyncIterator[Services]:
+    """The broker's subscribers, the timer and the relays, running while the body runs.
+
+    `followers="process"` runs the projector and the dispatcher in a `drip follow`
+    subprocess (the second core, instead of sharing this process's GIL). Raises an
+    `ExceptionGroup` holding the error of a loop that died.
     """
-    stop = asyncio.Event()
     await services.broker.start()
-    loops = [services.timer.run]
-    child = None
-    if followers == "process":
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "follow", env=_child_env(services.settings))
-    else:
-        loops += [services.dispatcher.run, services.projector.run]
-    tasks = [asyncio.create_task(loop(stop)) for loop in loops]
     try:
-        yield services
+        async with asyncio.TaskGroup() as group:
+            loops: dict[str, Callable[[], Awaitable[Any]]] = {
+                "timer": services.timer.run, "dead-letter-relay": services.dead_letter_relay.run}
+            if followers == "here":
+                loops |= {"dispatcher": services.dispatcher.run,
+                          "projector": services.projector.run}
+            elif followers == "process":
+                loops["drip follow"] = lambda: _child("follow", services.settings)
+            tasks = [group.create_task(_logged(name, loop), name=name)
+                     for name, loop in loops.items()]
+            try:
+                yield services
+            finally:
+                for task in tasks:
+                    task.cancel()
     finally:
-        stop.set()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 10)
-        if child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                child.terminate()
-            await child.wait()
         await services.broker.stop()
         await services.publisher.stop()
 
 
-async def follow(services: Services) -> None:
-    """Run the dispatcher and the projector until SIGTERM or SIGINT (`drip follow`)."""
+async def _logged(name: str, loop: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        await loop()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        log.error("loop died, stopping the process", loop=name, error=repr(exc))
+        raise
+    raise LoopDied(f"{name} returned")
+
+
+async def _child(command: str, settings: Settings) -> None:
+    """`drip COMMAND` as a subprocess with these settings; dies with it."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"DRIP_{name.upper()}"] = str(value)
+    child = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli",
+                                                 command, env=env)
+    try:
+        code = await child.wait()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            child.terminate()
+        await child.wait()
+        raise
+    raise LoopDied(f"drip {command} exited with {code}")
+
+
+async def until_signalled() -> None:
+    """Return on SIGTERM or SIGINT."""
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(services: Services) -> None:
+    """Every service until SIGTERM or SIGINT (`drip serve`)."""
+    async with running(services):
+        await until_signalled()
+
+
+async def follow(services: Services) -> None:
+    """The dispatcher and the projector until SIGTERM or SIGINT (`drip follow`)."""
     try:
-        await asyncio.gather(services.dispatcher.run(stop), services.projector.run(stop))
+        async with asyncio.TaskGroup() as group:
+            for name, loop in (("dispatcher", services.dispatcher.run),
+                               ("projector", services.projector.run)):
+                group.create_task(_logged(name, loop), name=name)
+            await until_signalled()
+            raise _Stop
+    except* _Stop:
+        pass
     finally:
         await services.publisher.stop()
 
 
-def _child_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        env[f"DRIP_{name.upper()}"] = str(value)
-    return env
-
-
-async def run_services(services: Services, body: Callable[[], Any],
-                       followers: str = "here") -> Any:
-    """Run `body()` while the services run."""
-    async with running(services, followers):
-        return await body()
+class _Stop(Exception):
+    """Ends `follow`'s task group on a signal."""
 
 
 async def drain(services: Services) -> None:
-    """Wait until the dispatcher and the projector have followed the whole event log."""
+    """Wait until the relays and the projector have followed everything written so far."""
     app = services.app
     while True:
         last = await asyncio.to_thread(app.recorder.max_notification_id) or 0
         await asyncio.to_thread(services.projector.catch_up)
-        while await services.dispatcher.relay_once():
-            pass
+        await services.dispatcher.drain()
+        await services.dead_letter_relay.drain()
         if (await asyncio.to_thread(app.recorder.max_notification_id) or 0) == last:
             return

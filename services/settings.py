@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,7 +21,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(2000, description="Kafka records per handler batch")
     timer_batch: int = Field(5000, description="Timers claimed per timer-service round")
     replay_chunk: int = Field(20000, description="Upstream events per replay chunk (demo)")
-    poll_seconds: float = Field(0.05, description="Idle wait of polling loops (seconds)")
+    idle_seconds: float = Field(1.0, description="Longest wait of an idle loop between checks, "
+                                "when no NOTIFY woke it (seconds)")
+    timer_idle_seconds: float = Field(0.05, description="Idle wait of the timer service (seconds)")
+    dataset_csv: Path | None = Field(None, description="The appointments CSV `drip demo` replays")
 
     @property
     def upstream_group(self) -> str:
@@ -32,19 +35,3 @@ class Settings(BaseSettings):
     def step_due_group(self) -> str:
         """Consumer group of the `step.due` subscriber."""
         return f"{self.consumer_prefix}.step-due"
-
-    def eventsourcing_env(self) -> dict[str, str]:
-        """eventsourcing's own env, derived from `database_url` (STYLE §6)."""
-        url = urlparse(self.database_url)
-        return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "APPLICATION_RECORDER_TOPIC": "services.recorder:DripRecorder",
-            "POSTGRES_DBNAME": url.path.lstrip("/"),
-            "POSTGRES_HOST": url.hostname or "127.0.0.1",
-            "POSTGRES_PORT": str(url.port or 5432),
-            "POSTGRES_USER": unquote(url.username or ""),
-            "POSTGRES_PASSWORD": unquote(url.password or ""),
-            "POSTGRES_POOL_SIZE": "6",
-            "POSTGRES_LOCK_TIMEOUT": "30",
-            "CREATE_TABLE": "true",
-        }

@@ -12,7 +12,7 @@ from urllib.parse import urlparse, urlunparse
 import psycopg
 import pytest
 
-from services import infra
+from services.devtools import infra
 from services.settings import Settings
 
 

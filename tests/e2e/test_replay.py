@@ -11,20 +11,21 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from contracts.topics import Topics
-from services import dataset
+from services.adapters.clock import SimulatedClock
 from services.bootstrap import build
-from services.cli import read_report
-from services.clock import SimulatedClock
-from services.demo import define_campaigns, run_demo
-from services.replay import END_OF_TIME, Replay, chunks
+from services.devtools import dataset
+from services.devtools.demo import define_campaigns, run_demo
+from services.devtools.replay import END_OF_TIME, Replay, chunks
 from services.runtime import drain, running
 from services.settings import Settings
 from tests.e2e.oracle import expected_report
+from tests.reading import report as read_report
+from tests.shared_data import CSV
 
 ROWS = 1500
 
 
-def no_progress(total: int, _: int) -> Callable[[int], None]:
+def no_progress(total: int) -> Callable[[int], None]:
     return lambda n: None
 
 
@@ -36,16 +37,16 @@ def check_invariants(report: dict) -> None:
 
 
 def test_two_replays_of_the_same_rows_give_identical_reports(settings: Settings) -> None:
-    first = run_demo(settings, dataset.DEFAULT_CSV, ROWS, no_progress)
+    first = run_demo(settings, CSV, ROWS, no_progress)
     report = read_report(settings)
     # a different chunking must not change anything either: results follow event time
     second = run_demo(settings.model_copy(update={"replay_chunk": 333}),
-                      dataset.DEFAULT_CSV, ROWS, no_progress)
+                      CSV, ROWS, no_progress)
     assert read_report(settings) == report
     assert first.domain_events == second.domain_events
     check_invariants(report)
     # and the numbers are the ones an independent reading of the rules gives
-    assert report == expected_report(dataset.DEFAULT_CSV, ROWS)
+    assert report == expected_report(CSV, ROWS)
     assert report["campaigns"]["no-show-recovery"]["stopped"]["appointment_booked"] > 0
 
 
@@ -72,15 +73,15 @@ def test_a_crash_mid_run_and_full_redelivery_lose_and_duplicate_nothing(
     interrupted = read_report(settings)
     sends = count_sends(settings)
 
-    run_demo(settings, dataset.DEFAULT_CSV, ROWS, no_progress)  # resets, then runs clean
+    run_demo(settings, CSV, ROWS, no_progress)  # resets, then runs clean
     assert interrupted == read_report(settings)
     assert sends == count_sends(settings)
     assert sends[0] == sends[1]
-    assert interrupted == expected_report(dataset.DEFAULT_CSV, ROWS)
+    assert interrupted == expected_report(CSV, ROWS)
 
 
 async def crash_and_recover(settings: Settings) -> None:
-    timeline = dataset.timeline(dataset.DEFAULT_CSV, ROWS)
+    timeline = dataset.timeline(CSV, ROWS)
     pieces = chunks(timeline, 300)
     # the interrupted run: services A handle half the pieces, then die with a piece in flight
     clock = SimulatedClock(timeline[0].time)
@@ -94,6 +95,7 @@ async def crash_and_recover(settings: Settings) -> None:
         in_flight = pieces[len(pieces) // 2]
         ends = await replay.publish(in_flight)
         await replay.producer.stop()
+    a.close()
     await rewind_consumer_groups(settings, Topics(settings.topic_prefix).all)
     # services B start from the same database and topics, and finish the run
     clock_b = SimulatedClock(clock.now())
@@ -108,6 +110,7 @@ async def crash_and_recover(settings: Settings) -> None:
         await replay.fire_until(END_OF_TIME)
         await replay.producer.stop()
         await drain(b)
+    b.close()
 
 
 def count_sends(settings: Settings) -> tuple[int, int]:

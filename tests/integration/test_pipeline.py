@@ -6,18 +6,18 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
 from aiokafka import AIOKafkaConsumer
 
-from services import dataset
+from contracts.messages import DispatchRequestedV1
+from services.adapters.clock import SimulatedClock
+from services.adapters.publisher import BulkPublisher
 from services.bootstrap import Services, build
-from services.cli import read_report
-from services.clock import SimulatedClock
-from services.demo import define_campaigns
-from services.publisher import BulkPublisher
-from services.replay import END_OF_TIME, Replay, ends_of
+from services.devtools import dataset
+from services.devtools.demo import define_campaigns
+from services.devtools.replay import END_OF_TIME, Replay, ends_of
 from services.runtime import drain, running
 from services.settings import Settings
+from tests.reading import report as read_report
 
 HEADER = ("PatientId,AppointmentID,Gender,ScheduledDay,AppointmentDay,Age,Neighbourhood,"
           "Scholarship,Hipertension,Diabetes,Alcoholism,Handcap,SMS_received,No-show\n")
@@ -61,43 +61,62 @@ async def test_upstream_events_on_kafka_end_as_projection_rows(settings: Setting
                                  "rebook-nudge": {"sent": 1, "skipped": 0},
                                  "last-chance": {"sent": 0, "skipped": 1}}
     assert report["ignored"] == {"appointment_in_past": 1}
-    assert services.dispatcher.relayed == 3 * 3 + 2
+    # every send is a dispatch request on Kafka, keyed by patient, with its idempotency key
+    sent = await read_topic(settings.kafka_bootstrap, services.topics.dispatch, 3 * 3 + 2)
+    requests = [(key, DispatchRequestedV1.model_validate_json(value)) for key, value, _ in sent]
+    assert all(key == r.patient_id.encode() for key, r in requests)
+    assert all(r.idempotency_key == f"{r.enrollment_id}:{r.step}:1" for _, r in requests)
+    assert len({r.idempotency_key for _, r in requests}) == 3 * 3 + 2
+    recovery_sends = sorted((r.patient_id, r.due_at.isoformat(), r.step, r.channel, r.template)
+                            for _, r in requests if r.template.startswith("recovery/"))
+    assert recovery_sends == [
+        ("2", "2016-04-29T16:00:00+00:00", "we-missed-you", "sms", "recovery/we-missed-you"),
+        ("2", "2016-05-02T16:00:00+00:00", "rebook-nudge", "email", "recovery/rebook-nudge")]
+    services.close()
 
 
-async def test_bad_messages_go_to_the_dead_letter_topic_and_consumption_goes_on(
-        settings: Settings) -> None:
+async def test_bad_messages_go_to_the_dead_letter_topic_unchanged_and_consumption_goes_on(
+        settings: Settings) -> None:  # §8
     services, clock = started(settings, datetime.fromisoformat("2016-04-01T00:00:00+00:00"))
     booked = {"id": "e1", "source": "crm", "type": "appointment.booked",
               "time": "2016-04-29T10:00:00Z", "subject": "p1", "clinic_id": "vitoria",
               "data": {"appointment_id": "a1", "patient_id": "p1",
                        "starts_at": "2016-05-04T13:00:00Z"}}
+    teleported = json.dumps({**booked, "type": "appointment.teleported"}).encode()
+    trace = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
     upstream = BulkPublisher(settings.kafka_bootstrap)
     async with running(services):
-        metas = await upstream.send_many([
-            (services.topics.appointments, b"p1", b"{not json"),
-            (services.topics.appointments, b"p1",
-             json.dumps({**booked, "type": "appointment.teleported"}).encode()),
-            (services.topics.appointments, b"p1", json.dumps(booked).encode())])
+        metas = [await upstream.publish_many(services.topics.appointments, [
+            (b"p1", b"{not json", trace),
+            (b"p1", teleported, {}),
+            (b"p2", None, {}),  # a tombstone
+            (b"p1", json.dumps(booked).encode(), {})])]
         await upstream.stop()
-        replay = Replay(services, clock)
-        await replay.wait_handled(ends_of(metas))
+        ends = {(services.topics.appointments, p): o for p, o in metas[0]}
+        await Replay(services, clock).wait_handled(ends)
         await drain(services)
-    letters = await read_topic(settings.kafka_bootstrap, services.topics.dead_letters, 2)
-    assert [v for _, v, _ in letters] == [b"{not json", json.dumps(
-        {**booked, "type": "appointment.teleported"}).encode()]
-    assert [k for k, _, _ in letters] == [b"p1", b"p1"]  # the original key travels along
-    assert letters[1][2]["drip-dlq-reason"] == "unknown event type 'appointment.teleported'"
+    letters = await read_topic(settings.kafka_bootstrap, services.topics.dead_letters, 3)
+    by_value = {v: (k, h) for k, v, h in letters}
+    assert set(by_value) == {b"{not json", teleported, None}  # values unchanged, null stays null
+    assert by_value[None][0] == b"p2" and by_value[teleported][0] == b"p1"  # original keys
+    assert by_value[b"{not json"][1]["traceparent"] == trace[0][1].decode()  # original headers
+    assert by_value[teleported][1]["drip-dlq-reason"] == (
+        "unknown event type 'appointment.teleported'")
+    assert by_value[teleported][1]["drip-dlq-topic"] == services.topics.appointments
     report = read_report(settings)
-    assert report["dead_letters"] == 2
+    assert report["dead_letters"] == 3
     assert report["campaigns"]["appointment-reminders"]["enrolled"] == 1
+    services.close()
 
 
-async def read_topic(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, bytes, dict]]:
+async def read_topic(bootstrap: str, topic: str,
+                     n: int) -> list[tuple[bytes | None, bytes | None, dict[str, str]]]:
+    """The first `n` records of `topic`: (key, value, headers)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:
-        out: list[tuple[bytes, bytes, dict]] = []
+        out: list[tuple[bytes | None, bytes | None, dict[str, str]]] = []
         while len(out) < n:
             batch = await consumer.getmany(timeout_ms=10_000)
             assert batch, f"only {len(out)} of {n} records on {topic}"
@@ -107,12 +126,6 @@ async def read_topic(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, by
         return out
     finally:
         await consumer.stop()
-
-
-def count_events(settings: Settings, kind: str) -> int:
-    with psycopg.connect(settings.database_url) as conn:
-        return conn.execute("SELECT count(*) FROM drip_events WHERE topic LIKE %s",
-                            (f"%{kind}",)).fetchone()[0]
 
 
 def envelope(event_id: str, type_: str, time: str, patient: str, **data: str | None) -> bytes:
@@ -175,3 +188,4 @@ async def publish_in_waves(services: Services, clock: SimulatedClock,
         await upstream.stop()
         await replay.fire_until(END_OF_TIME)
         await drain(services)
+    services.close()

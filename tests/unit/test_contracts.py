@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -27,10 +28,13 @@ def refusal(doc: object) -> str:
 
 
 def test_a_booking_parses_to_utc_times_and_keeps_opaque_ids() -> None:
-    ev = parse({**BOOKED, "subject": "9.87654E+14",
-                "data": {**BOOKED["data"], "patient_id": "9.87654E+14"}})
+    ev = parse({**BOOKED, "subject": "9.87654E+14", "time": "2016-04-29T15:38:08-03:00",
+                "data": {**BOOKED["data"], "patient_id": "9.87654E+14",
+                         "starts_at": "2016-04-30T10:00:00-03:00"}})
     assert ev.data.patient_id == "9.87654E+14"
-    assert ev.time.utcoffset().total_seconds() == 0
+    assert ev.time == datetime(2016, 4, 29, 18, 38, 8, tzinfo=UTC)
+    assert ev.time.tzinfo == UTC and ev.data.starts_at.tzinfo == UTC
+    assert ev.data.starts_at == datetime(2016, 4, 30, 13, 0, tzinfo=UTC)
 
 
 def test_unknown_fields_are_tolerated() -> None:

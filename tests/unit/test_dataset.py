@@ -6,7 +6,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.dataset import DEFAULT_CSV, records, starts_at, timeline
+from services.devtools.dataset import records, starts_at, timeline
+from tests.shared_data import CSV
 
 HEADER = ("PatientId,AppointmentID,Gender,ScheduledDay,AppointmentDay,Age,Neighbourhood,"
           "Scholarship,Hipertension,Diabetes,Alcoholism,Handcap,SMS_received,No-show\n")
@@ -32,12 +33,16 @@ def test_a_row_becomes_a_booking_then_its_outcome_an_hour_after_the_start(tmp_pa
     assert missed["type"] == "appointment.missed" and missed["time"] == "2016-05-02T14:00:00Z"
 
 
-def test_the_timeline_is_in_time_order(tmp_path: Path) -> None:
-    path = write(tmp_path,
-                 "1,10,F,2016-04-29T18:00:00Z,2016-04-29T00:00:00Z,1,X,0,0,0,0,0,0,No",
-                 "2,11,F,2016-04-20T08:00:00Z,2016-05-02T00:00:00Z,1,X,0,0,0,0,0,0,No")
-    assert [r.time for r in timeline(path)] == sorted(r.time for r in timeline(path))
+def test_the_timeline_is_in_time_order_not_file_order(tmp_path: Path) -> None:
+    path = write(tmp_path,  # the second row was booked first
+                 "1,10,F,2016-04-29T18:00:00Z,2016-05-02T00:00:00Z,1,X,0,0,0,0,0,0,No",
+                 "2,11,F,2016-04-20T08:00:00Z,2016-04-29T00:00:00Z,1,X,0,0,0,0,0,0,Yes")
+    assert [(json.loads(r.value)["id"], r.time.isoformat()) for r in timeline(path)] == [
+        ("11:booked", "2016-04-20T08:00:00+00:00"),
+        ("11:missed", "2016-04-29T14:00:00+00:00"),  # 10:00 Sao Paulo + 1 h
+        ("10:booked", "2016-04-29T18:00:00+00:00"),
+        ("10:attended", "2016-05-02T14:00:00+00:00")]
 
 
 def test_the_shared_file_holds_110527_appointments() -> None:
-    assert sum(1 for _ in records(DEFAULT_CSV)) == 2 * 110_527
+    assert sum(1 for _ in records(CSV)) == 2 * 110_527

@@ -1,8 +1,10 @@
-"""Followers of the event log with tracked positions (§7 "replayable, exactly-once").
+"""Log positions: how far each follower of the event log (projector, dispatcher) has read,
+by notification id (§7 "replayable, exactly-once"). Kafka offsets are the other kind of
+position, in `consumer_positions`.
 
-A `LogFollower` reads the notification log after its position in pages, hands each
-page to `apply(cur, notifications)`, and moves its position in the same transaction
-as what `apply` wrote. Pages (not single events) make a rebuild of 10^6 events quick.
+`follow_once` reads the notification log after a follower's position in pages, hands each
+page to `apply(cur, notifications)`, and moves the position in the same transaction as
+what `apply` wrote. Pages (not single events) make a rebuild of 10^6 events quick.
 """
 
 from __future__ import annotations

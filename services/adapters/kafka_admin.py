@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import Iterable
 
+import stamina
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+
+class TopicsStillExist(RuntimeError):
+    """The broker has not finished deleting topics (KRaft deletes asynchronously)."""
 
 
 async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int = 4) -> None:
@@ -28,7 +31,8 @@ async def recreate_topics(bootstrap: str, names: Iterable[str], partitions: int 
                           timeout: float = 60.0) -> None:
     """Delete the topics (with their data and offsets) and create them empty again.
 
-    Raises `TimeoutError` when the broker has not finished deleting within `timeout` s.
+    Raises `TopicsStillExist` (or the broker's `KafkaError`) when the broker has not
+    finished within `timeout` seconds.
     """
     names = sorted(set(names))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -38,18 +42,15 @@ async def recreate_topics(bootstrap: str, names: Iterable[str], partitions: int 
         if existing:
             with contextlib.suppress(UnknownTopicOrPartitionError):
                 await admin.delete_topics(existing)
-        deadline = time.monotonic() + timeout
-        while set(existing) & set(await admin.list_topics()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics {existing} still being deleted")
-            await asyncio.sleep(0.2)
+        async for attempt in stamina.retry_context(on=TopicsStillExist, attempts=None,
+                                                   timeout=timeout, wait_max=0.5):
+            with attempt:
+                if still := set(existing) & set(await admin.list_topics()):
+                    raise TopicsStillExist(f"topics {sorted(still)} still being deleted")
     finally:
         await admin.close()
-    while True:
-        try:
+    # creating a topic whose deletion the controller is still finishing can fail for a while
+    async for attempt in stamina.retry_context(on=KafkaError, attempts=None, timeout=timeout,
+                                               wait_max=0.5):
+        with attempt:
             await ensure_topics(bootstrap, names, partitions)
-            return
-        except Exception:  # the broker may still be finishing the deletion
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)

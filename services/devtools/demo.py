@@ -10,16 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-
 from contracts.topics import Topics
 from domain.templates import appointment_reminders, no_show_recovery
 from projections import schema
-from services import dataset, kafka_admin
-from services.bootstrap import Services, build
-from services.clock import SimulatedClock
-from services.replay import Replay, ReplayStats
-from services.runtime import drain, run_services
+from services.adapters import kafka_admin
+from services.adapters.clock import SimulatedClock
+from services.bootstrap import Services, build, build_pool
+from services.devtools import dataset
+from services.devtools.replay import Replay, ReplayStats
+from services.runtime import drain, running
 from services.settings import Settings
 
 
@@ -31,11 +30,12 @@ class DemoResult:
     dispatched: int
 
 
-def reset(settings: Settings, topic_names: list[str]) -> None:
+def reset(settings: Settings) -> None:
     """Empty state: drop every table, delete and recreate the topics."""
-    with psycopg.connect(settings.database_url) as conn:
+    with build_pool(settings) as pool, pool.connection() as conn:
         schema.reset(conn)
-    asyncio.run(kafka_admin.recreate_topics(settings.kafka_bootstrap, topic_names))
+    asyncio.run(kafka_admin.recreate_topics(settings.kafka_bootstrap,
+                                            Topics(settings.topic_prefix).all))
 
 
 def define_campaigns(services: Services) -> None:
@@ -45,24 +45,29 @@ def define_campaigns(services: Services) -> None:
 
 
 def run_demo(settings: Settings, csv: Path, limit: int | None,
-             progress: Callable[[int, int], Callable[[int], None]]) -> DemoResult:
+             progress: Callable[[int], Callable[[int], None]]) -> DemoResult:
     """Reset, define the campaigns, replay the file through the services, drain.
 
     `progress(total)` returns the callback the replay calls with each chunk's size.
     """
     started = time.monotonic()
-    reset(settings, Topics(settings.topic_prefix).all)
+    reset(settings)
     timeline = dataset.timeline(csv, limit)
     clock = SimulatedClock(timeline[0].time if timeline else datetime.now(UTC))
     services = build(settings, clock)
-    define_campaigns(services)
+    try:
+        define_campaigns(services)
 
-    async def body() -> ReplayStats:
-        stats = await Replay(services, clock, settings.replay_chunk).run(timeline, progress(len(timeline), 0))
-        await drain(services)
-        return stats
+        async def body() -> ReplayStats:
+            async with running(services, followers="process"):
+                replay = Replay(services, clock, settings.replay_chunk)
+                stats = await replay.run(timeline, progress(len(timeline)))
+                await drain(services)
+                return stats
 
-    stats = asyncio.run(run_services(services, body, followers="process"))
-    events = services.app.recorder.max_notification_id() or 0
-    return DemoResult(stats, time.monotonic() - started, events,
-                      services.dispatcher.relayed_total())
+        stats = asyncio.run(body())
+        events = services.app.recorder.max_notification_id() or 0
+        return DemoResult(stats, time.monotonic() - started, events,
+                          services.dispatcher.relayed_total())
+    finally:
+        services.close()

@@ -2,55 +2,93 @@
 
 Aggregates are loaded in bulk (one query for the whole batch), changed in memory, and
 saved together with the consumer's new positions (STYLE §3/§8; NOTES: batching many
-aggregates into one save is what makes the event store fast).
+aggregates into one save is what makes the event store fast). Records at or below the
+consumer's recorded position are skipped, so a redelivery changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+from psycopg import Cursor
 
 from domain.campaign import CampaignDefinition
 from domain.enrollment import Enrollment
 from domain.patient import Patient, patient_id_of
-from projections import active_enrollments
+from projections import active_enrollments, consumer_positions
 from projections.active_enrollments import Active
+from projections.consumer_positions import Advance
 from projections.dead_letters import DeadLetter
 from projections.inline import InlineEffects
-from projections.positions import Advance
 from projections.timers import Timer
+from services.application.catalog import CampaignCatalog
+from services.application.records import ConsumedRecord
 
-if TYPE_CHECKING:
-    from services.application import DripApplication
+T = TypeVar("T")
+R = TypeVar("R", bound=ConsumedRecord[Any])
+
+
+class EventStore(Protocol):
+    """What a unit of work needs of the event store (the application implements it)."""
+
+    def load_aggregates(self, ids: Iterable[UUID]) -> dict[UUID, Aggregate]: ...
+
+    def save_with(self, aggregates: Sequence[Aggregate], effects: InlineEffects) -> None: ...
+
+    def query(self, read: Callable[[Cursor[Any]], T]) -> T: ...
 
 
 class UnitOfWork:
     """Loaded enrollments and patients, the patients' active enrollments, what to write."""
 
-    def __init__(self, app: DripApplication) -> None:
-        self.app = app
+    def __init__(self, store: EventStore, campaigns: CampaignCatalog) -> None:
+        self.store, self.campaigns = store, campaigns
         self.enrollments: dict[UUID, Enrollment | None] = {}
         self.patients: dict[UUID, Patient | None] = {}
         self.active: dict[tuple[str, str], set[UUID]] = {}
         self.effects = InlineEffects()
         self.recorded = 0
 
+    # -- consuming ---------------------------------------------------------------------
+    def fresh(self, consumer: str, batch: Sequence[R]) -> list[R]:
+        """The records `consumer` has not handled yet; their positions advance with this
+        unit of work (compare-and-set against the positions read here)."""
+        known = self.store.query(lambda cur: consumer_positions.load(
+            cur, consumer, {(r.topic, r.partition) for r in batch}))
+        fresh = [r for r in batch if r.offset > known.get((r.topic, r.partition), -1)]
+        last: dict[tuple[str, int], int] = {}
+        for r in fresh:
+            last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
+        for (topic, partition), offset in sorted(last.items()):
+            self.effects.advances.append(Advance(consumer, topic, partition,
+                                                 known.get((topic, partition)), offset))
+        return fresh
+
+    def dead_letter(self, consumer: str, record: ConsumedRecord[Any], reason: str) -> None:
+        """Refuse `record` for `reason`: a `dead_letters` row written in this transaction,
+        published to the dead-letter topic by the relay that follows the table (§8)."""
+        self.effects.dead_letters.append(DeadLetter(
+            consumer, record.topic, record.partition, record.offset, record.key,
+            record.value, record.headers, reason))
+
     # -- loading -----------------------------------------------------------------------
     def prefetch(self, ids: Iterable[UUID], patients: Iterable[tuple[str, str]] = ()) -> None:
         """Load these enrollments and the active enrollments of these patients at once."""
         patients = [p for p in set(patients) if p not in self.active]
         if patients:
-            with self.app.recorder.datastore.transaction(commit=False) as cur:
-                self.active.update(active_enrollments.of_patients(cur, patients))
+            self.active.update(self.store.query(
+                lambda cur: active_enrollments.of_patients(cur, patients)))
         wanted = {i for i in ids if i not in self.enrollments}
         wanted |= {i for p in patients for i in self.active[p] if i not in self.enrollments}
         people = {patient_id_of(*p) for p in patients} - set(self.patients)
-        loaded = self.app.load_aggregates(wanted | people)
+        loaded = self.store.load_aggregates(wanted | people)
         for i in wanted:
-            self.enrollments[i] = loaded.get(i)
+            self.enrollments[i] = loaded.get(i)  # type: ignore[assignment]
         for i in people:
-            self.patients[i] = loaded.get(i)
+            self.patients[i] = loaded.get(i)  # type: ignore[assignment]
 
     def get(self, enrollment_id: UUID) -> Enrollment | None:
         if enrollment_id not in self.enrollments:
@@ -61,7 +99,7 @@ class UnitOfWork:
         """The patient's aggregate, or None when drip has recorded nothing about them."""
         pid = patient_id_of(clinic_id, patient_id)
         if pid not in self.patients:
-            self.patients[pid] = self.app.load_aggregates([pid]).get(pid)
+            self.patients[pid] = self.store.load_aggregates([pid]).get(pid)  # type: ignore[assignment]
         return self.patients[pid]
 
     def patient_or_new(self, clinic_id: str, patient_id: str) -> Patient:
@@ -86,20 +124,11 @@ class UnitOfWork:
             enrollment.id)
 
     def campaign_of(self, enrollment: Enrollment) -> CampaignDefinition:
-        return self.app.campaign(enrollment.campaign_id)
-
-    def dead_letter(self, consumer: str, topic: str, partition: int, offset: int,
-                    key: bytes | None, value: bytes | None, reason: str) -> None:
-        self.effects.dead_letters.append(
-            DeadLetter(consumer, topic, partition, offset, key, value, reason))
-
-    def advance(self, consumer: str, topic: str, partition: int, expected: int | None,
-                position: int) -> None:
-        self.effects.advances.append(Advance(consumer, topic, partition, expected, position))
+        return self.campaigns.get(enrollment.campaign_id)
 
     # -- saving ------------------------------------------------------------------------
     def commit(self) -> int:
-        """Save every changed enrollment with the inline rows in one transaction.
+        """Save every changed aggregate with the inline rows in one transaction.
 
         Returns how many domain events were recorded. Raises eventsourcing's
         `IntegrityError` when another writer changed an enrollment or a position first.
@@ -109,10 +138,9 @@ class UnitOfWork:
         for e in changed:
             self._mirror(e)
         people = [p for p in self.patients.values() if p is not None and p.pending_events]
-        n_events = sum(len(a.pending_events) for a in [*changed, *people])
-        self.app.save(*changed, *people, effects=self.effects)
-        self.recorded = n_events
-        return n_events
+        self.recorded = sum(len(a.pending_events) for a in [*changed, *people])
+        self.store.save_with([*changed, *people], self.effects)
+        return self.recorded
 
     def _mirror(self, e: Enrollment) -> None:
         """The inline rows that follow an enrollment's new state."""

@@ -15,17 +15,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-import psycopg
-
-from projections import positions, timers
+from projections import consumer_positions, timers
+from services.adapters.clock import SimulatedClock
+from services.adapters.publisher import BulkPublisher
 from services.bootstrap import Services
-from services.clock import SimulatedClock
-from services.dataset import UpstreamRecord
-from services.publisher import BulkPublisher
+from services.devtools.dataset import UpstreamRecord
 
 END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 
 
 class ReplayStalled(RuntimeError):
@@ -69,13 +68,10 @@ class Replay:
         self.s, self.clock = services, clock
         self.chunk_size, self.stall_seconds = chunk_size, stall_seconds
         self.upstream_group = services.settings.upstream_group
-        self._conn: psycopg.Connection | None = None
         self.producer = BulkPublisher(services.settings.kafka_bootstrap)  # the upstream system
 
-    def _query(self, fn: Callable[[psycopg.Cursor], object]) -> object:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.s.settings.database_url, autocommit=True)
-        with self._conn.cursor() as cur:
+    def _query(self, fn: Callable[[Any], T]) -> T:
+        with self.s.pool.connection() as conn, conn.cursor() as cur:
             return fn(cur)
 
     async def run(self, timeline: Sequence[UpstreamRecord],
@@ -108,8 +104,8 @@ class Replay:
         await self._until(lambda: self._handled(ends), "upstream consumer")
 
     def _handled(self, ends: dict[tuple[str, int], int]) -> bool:
-        done = self._query(lambda cur: positions.all_positions(cur, self.upstream_group))
-        return all(done.get(tp, -1) >= offset for tp, offset in ends.items())  # type: ignore[union-attr]
+        done = self._query(lambda cur: consumer_positions.all_positions(cur, self.upstream_group))
+        return all(done.get(tp, -1) >= offset for tp, offset in ends.items())
 
     async def fire_until(self, t: datetime) -> None:
         """Move the clock to `t` and wait until no step due at or before `t` is pending."""

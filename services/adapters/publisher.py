@@ -8,11 +8,12 @@ or sends per round that serialises on the event loop. aiokafka's `send` only enq
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer
 
-Record = tuple[bytes | None, bytes, Mapping[str, str]]
+Record = tuple[bytes | None, bytes | None, Mapping[str, str] | Sequence[tuple[str, bytes]]]
+"""`(key, value, headers)`; a `None` value is a tombstone, headers a dict or raw pairs."""
 
 
 class BulkPublisher:
@@ -46,9 +47,8 @@ class BulkPublisher:
         Raises aiokafka's `KafkaError` when a record cannot be delivered.
         """
         producer = await self.start()
-        futures = [await producer.send(
-            topic, value, key=key, headers=[(k, v.encode()) for k, v in headers.items()])
-            for key, value, headers in records]
+        futures = [await producer.send(topic, value, key=key, headers=_headers(headers))
+                   for key, value, headers in records]
         return [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
 
     async def send_many(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> list:
@@ -57,3 +57,9 @@ class BulkPublisher:
         futures = [await producer.send(topic, value, key=key)
                    for topic, key, value in records]
         return list(await asyncio.gather(*futures))
+
+
+def _headers(headers: Mapping[str, str] | Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    if isinstance(headers, Mapping):
+        return [(k, v.encode()) for k, v in headers.items()]
+    return list(headers)

@@ -22,7 +22,6 @@ from zoneinfo import ZoneInfo
 CLINIC_ID = "vitoria"
 TIME_ZONE = "America/Sao_Paulo"
 SOURCE = "urn:kaggle:joniarroba:noshowappointments"
-DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "medical-appointments-no-show.csv"
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,91 @@
+"""What each upstream event does to enrollments (§3 triggers, §4 stop rules).
+
+Every enrollment is first advanced to the event's time (`catch_up`), so the result
+depends on event times only, never on which topic was consumed first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from contracts.appointments import (
+    AppointmentAttended,
+    AppointmentBooked,
+    AppointmentCancelled,
+    AppointmentMissed,
+)
+from contracts.messages import ReplyReceived
+from contracts.patients import PatientOptedOut
+from contracts.topics import UpstreamEvent
+from domain.enrollment import Enrollment, enrollment_id
+from domain.schedule import APPOINTMENT_STARTS_AT
+from domain.stop_rules import StopReason
+from services.application.unit_of_work import UnitOfWork
+
+Appointment = AppointmentBooked | AppointmentCancelled | AppointmentAttended | AppointmentMissed
+
+
+def prefetch_for(uow: UnitOfWork, events: Sequence[UpstreamEvent]) -> None:
+    """Load in one go every enrollment and patient the batch may touch."""
+    ids, patients = [], []
+    for ev in events:
+        patients.append((ev.clinic_id, ev.data.patient_id))
+        if isinstance(ev, Appointment):
+            ids += [enrollment_id(c.id, ev.data.appointment_id)
+                    for c in uow.campaigns.of_clinic(ev.clinic_id)]
+    uow.prefetch(ids, patients)
+
+
+def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> None:
+    """Apply one validated upstream event to the enrollments it concerns, then enroll
+    into the campaigns it triggers."""
+    match ev:
+        case AppointmentBooked():
+            for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
+                campaign = uow.campaign_of(e)
+                if campaign.stops_on(StopReason.APPOINTMENT_BOOKED):
+                    e.catch_up(campaign, ev.time)
+                    e.record_booking(campaign, ev.data.appointment_id, ev.time, ev.id)
+        case AppointmentCancelled():
+            _stop_appointment(uow, ev, StopReason.APPOINTMENT_CANCELLED)
+        case AppointmentAttended():
+            _stop_appointment(uow, ev, StopReason.APPOINTMENT_ATTENDED)
+        case PatientOptedOut():
+            # recorded on the patient for enrollments yet to start, then on the active ones
+            uow.patient_or_new(ev.clinic_id, ev.data.patient_id).opt_out(
+                ev.data.channel, ev.time, ev.id)
+            for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
+                e.catch_up(uow.campaign_of(e), ev.time)
+                e.record_opt_out(uow.campaign_of(e), ev.data.channel, ev.time, ev.id)
+        case ReplyReceived():
+            for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
+                e.catch_up(uow.campaign_of(e), ev.time)
+                e.record_reply(uow.campaign_of(e), ev.data.channel, ev.time, ev.id)
+        case AppointmentMissed():
+            pass  # a trigger only
+    _enroll(uow, ev)
+
+
+def _stop_appointment(uow: UnitOfWork, ev: AppointmentCancelled | AppointmentAttended,
+                      reason: StopReason) -> None:
+    """Stop the enrollments bound to this appointment whose campaign stops on `reason`."""
+    for c in uow.campaigns.of_clinic(ev.clinic_id):
+        e = uow.get(enrollment_id(c.id, ev.data.appointment_id))
+        if e is not None and e.is_active and c.stops_on(reason):
+            e.catch_up(c, ev.time)
+            e.stop(c, reason, ev.time, ev.id)
+
+
+def _enroll(uow: UnitOfWork, ev: UpstreamEvent) -> None:
+    """Enroll into every active campaign this event triggers; duplicates are no-ops (§3)."""
+    for c in uow.campaigns.active(ev.clinic_id, ev.type):
+        appointment = isinstance(ev, Appointment) and c.subject == "appointment"
+        subject = ev.data.appointment_id if appointment else ev.data.patient_id  # type: ignore[union-attr]
+        if uow.get(enrollment_id(c.id, subject)) is not None:
+            continue
+        starts_at = ev.data.starts_at if isinstance(ev, Appointment) else None
+        dates = {APPOINTMENT_STARTS_AT: starts_at} if starts_at is not None else {}
+        patient = uow.patient(ev.clinic_id, ev.data.patient_id)
+        uow.add(Enrollment.enroll(c, patient_id=ev.data.patient_id, subject=subject,
+                                  at=ev.time, cause=ev.id, dates=dates,
+                                  opt_outs=patient.opt_outs if patient else ()))

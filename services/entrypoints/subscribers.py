@@ -1,0 +1,135 @@
+"""FastStream Kafka subscribers: upstream events and `step.due` timers.
+
+Each subscriber takes batches, parses every record itself (a malformed one is
+dead-lettered once instead of being redelivered forever), hands the batch to one use
+case, and acknowledges only after the PostgreSQL commit (`AckPolicy.NACK_ON_ERROR`:
+an infrastructure failure rewinds and retries). Positions kept in PostgreSQL make a
+redelivery a no-op; dead letters are rows of the same transaction, published by the
+dead-letter relay. Bodies are typed for the AsyncAPI document but not decoded by
+FastStream (`SkipValidation`, a no-op decoder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import psycopg
+import stamina
+import structlog
+from aiokafka.errors import KafkaError
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import SkipValidation, ValidationError
+
+from contracts.envelope import InvalidMessage, parse_envelope
+from contracts.timers import StepDueV1
+from contracts.topics import UPSTREAM_SCHEMAS, Topics, UpstreamEvent
+from services.application.app import DripApplication
+from services.application.records import ConsumedRecord
+from services.application.unit_of_work import UnitOfWork
+from services.settings import Settings
+
+log = structlog.get_logger("drip.subscribers")
+M = TypeVar("M")
+UseCase = Callable[[str, Sequence[ConsumedRecord[M]]], UnitOfWork]
+
+
+def parse_upstream(raw: bytes) -> UpstreamEvent:
+    return parse_envelope(raw, UPSTREAM_SCHEMAS)  # type: ignore[return-value]
+
+
+def parse_step_due(raw: bytes) -> StepDueV1:
+    try:
+        return StepDueV1.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidMessage(f"invalid step.due: {exc.errors()[0]['msg']}") from None
+
+
+def consumed(records: Sequence[Any], parse: Callable[[bytes], M]) -> list[ConsumedRecord[M]]:
+    """aiokafka records → `ConsumedRecord`s, each parsed or refused with its reason."""
+    out: list[ConsumedRecord[M]] = []
+    for r in records:
+        base = ConsumedRecord[M](r.topic, r.partition, r.offset, r.key, r.value,
+                                 tuple(r.headers or ()))
+        try:
+            out.append(replace(base, message=parse(r.value or b"")))
+        except InvalidMessage as exc:
+            out.append(replace(base, error=exc.reason))
+    return out
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """Failures to retry (not acknowledge) rather than blame on a record (STYLE §8)."""
+    return isinstance(exc, PersistenceError | psycopg.Error | OSError | KafkaError)
+
+
+async def handle_batch(consumer: str, use_case: UseCase[M],
+                       batch: list[ConsumedRecord[M]]) -> None:
+    """Run `use_case` on the batch off the event loop.
+
+    An infrastructure failure propagates (the batch is nacked and redelivered). Any other
+    failure is a poison record: the batch is retried record by record and the record
+    that still fails is dead-lettered with the error as its reason, so consumption goes on.
+    """
+    try:
+        await _run(use_case, consumer, batch)
+    except Exception as exc:
+        if is_infrastructure(exc):
+            raise
+        log.warning("batch failed, retrying record by record", consumer=consumer,
+                    error=type(exc).__name__)
+        for record in batch:
+            try:
+                await _run(use_case, consumer, [record])
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
+                reason = f"unprocessable: {type(exc).__name__}: {exc}"
+                await _run(use_case, consumer, [replace(record, message=None, error=reason)])
+
+
+async def _run(use_case: UseCase[M], consumer: str, batch: list[ConsumedRecord[M]]) -> None:
+    """The use case in a worker thread, retried (with backoff) while a concurrent writer
+    wins the race; after the last attempt the `IntegrityError` propagates, so the batch
+    is nacked and redelivered, never dead-lettered."""
+    async for attempt in stamina.retry_context(on=IntegrityError, attempts=8, timeout=None,
+                                               wait_initial=0.01, wait_max=1.0):
+        with attempt:
+            uow = await asyncio.to_thread(use_case, consumer, batch)
+    for d in uow.effects.dead_letters:
+        log.warning("dead-lettered", consumer=consumer, topic=d.topic,
+                    partition=d.partition, offset=d.offset, reason=d.reason)
+
+
+def _undecoded(msg: Any) -> None:
+    return None  # bodies are parsed in the handler, record by record
+
+
+def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripApplication]) -> None:
+    """Attach the upstream and step-due subscribers to `broker`; `app()` gives the
+    application when a batch arrives (the AsyncAPI document registers them too, and
+    never starts its broker)."""
+    topics = Topics(settings.topic_prefix)
+    common: dict[str, Any] = dict(
+        batch=True, max_records=settings.batch_size, batch_timeout_ms=20,
+        max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_undecoded)
+    upstream_group, step_group = settings.upstream_group, settings.step_due_group
+
+    @broker.subscriber(*topics.upstream, group_id=upstream_group,
+                       description="Upstream events (§9): appointments, patients, replies",
+                       **common)
+    async def on_upstream(body: SkipValidation[list[UpstreamEvent]], msg: KafkaMessage) -> None:
+        await handle_batch(upstream_group, app().handle_upstream,
+                           consumed(msg.raw_message, parse_upstream))  # type: ignore[arg-type]
+
+    @broker.subscriber(topics.step_due, group_id=step_group, title=topics.step_due,
+                       description="drip's timers: step.due v1", **common)
+    async def on_step_due(body: SkipValidation[list[StepDueV1]], msg: KafkaMessage) -> None:
+        await handle_batch(step_group, app().handle_step_due,
+                           consumed(msg.raw_message, parse_step_due))  # type: ignore[arg-type]
