@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -37,7 +37,6 @@ class ReplayStats:
     chunks: int = 0
     seconds: float = 0.0
     fired: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def chunks(timeline: Sequence[UpstreamRecord], size: int) -> list[Sequence[UpstreamRecord]]:
