@@ -51,7 +51,7 @@ PG_BATCH = 2000
 
 async def raw_kafka(topic: str, records: list[dataset.UpstreamRecord]) -> tuple[float, float]:
     """Seconds to produce all `records`, then seconds to consume them all back."""
-    await kafka_admin.ensure_topics(KAFKA, [topic])  # 4 partitions, like drip's topics
+    await kafka_admin.ensure_topics(KAFKA, [kafka_admin.TopicSpec(topic)])  # 4 partitions, like drip's
     # Same producer knobs as services/adapters/publisher.py.
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all",
                                 enable_idempotence=True, linger_ms=5)

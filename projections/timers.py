@@ -31,6 +31,10 @@ CREATE INDEX IF NOT EXISTS due_timers_due ON due_timers (due_at) WHERE fired_at 
 """
 
 
+CHANNEL = "drip_timers"
+"""NOTIFY channel: written timers wake the timer service (one may be due sooner)."""
+
+
 @dataclass(frozen=True)
 class Timer:
     """Step `step_index` of `enrollment_id` falls due at `due_at` (UTC)."""
@@ -51,6 +55,7 @@ def write(cur: Cursor, upserts: Iterable[Timer], deletes: Iterable[UUID]) -> Non
             "%s::uuid[], %s::text[], %s::text[], %s::int[], %s::timestamptz[])"
             " ON CONFLICT (enrollment_id) DO UPDATE SET step_index = EXCLUDED.step_index,"
             " due_at = EXCLUDED.due_at, fired_at = NULL", columns(timers))
+        cur.execute(f"NOTIFY {CHANNEL}")
     ids = list(deletes)
     if ids:
         cur.execute("DELETE FROM due_timers WHERE enrollment_id = ANY(%s)", (ids,))
@@ -75,6 +80,12 @@ def mark_fired(cur: Cursor, timers: Iterable[Timer], at: datetime) -> None:
             " WHERE t.enrollment_id = f.enrollment_id AND t.step_index = f.step_index"
             " AND t.due_at = f.due_at",
             [at, *columns(fired, ("enrollment_id", "step_index", "due_at"))])
+
+
+def next_due(cur: Cursor) -> datetime | None:
+    """The earliest due time (UTC) of an unfired timer, None when there is none."""
+    cur.execute("SELECT min(due_at) FROM due_timers WHERE fired_at IS NULL")
+    return _rows(cur)[0][0]
 
 
 def count_due(cur: Cursor, until: datetime | None = None) -> int:

@@ -12,13 +12,15 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
+import stamina
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from psycopg_pool import ConnectionPool
 
 from contracts.topics import Topics
-from projections import dead_letters
+from projections import dead_letters, timers
 from services.adapters.clock import Clock, WallClock
+from services.adapters.kafka_admin import TopicSpec
 from services.adapters.log_listener import LogListener
 from services.adapters.publisher import BulkPublisher
 from services.application.app import DripApplication
@@ -67,6 +69,21 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     }
 
 
+DEAD_LETTER_MAX_BYTES = 4 << 20
+"""The dead-letter topic takes larger records than the upstream topics (the broker's 1 MiB
+default), so a refused record near that limit still fits with drip's headers added."""
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic of the deployment, with its partitions and settings (issue 6 §8)."""
+    topics = Topics(settings.topic_prefix)
+    common = dict(partitions=settings.partitions,
+                  replication_factor=settings.replication_factor)
+    return [TopicSpec(name, **common) for name in topics.all if name != topics.dead_letters] + [
+        TopicSpec(topics.dead_letters, **common,
+                  configs={"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)})]
+
+
 def build_pool(settings: Settings) -> ConnectionPool:
     """drip's own connections (read models, timers, relay positions), opened now."""
     return ConnectionPool(settings.database_url, min_size=1, max_size=8, open=True,
@@ -82,26 +99,30 @@ def build_application(settings: Settings) -> DripApplication:
 
 
 def build_broker(settings: Settings) -> KafkaBroker:
-    """A Kafka broker whose producer waits for all replicas and is idempotent (NOTES)."""
+    """A Kafka broker whose producer waits for all replicas and is idempotent (NOTES);
+    on stop it lets in-flight batches finish for up to `graceful_seconds`."""
     logging.getLogger("drip.faststream").setLevel(logging.WARNING)
     return KafkaBroker(settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                       graceful_timeout=settings.graceful_seconds,
                        logger=logging.getLogger("drip.faststream"))
 
 
 def build(settings: Settings | None = None, clock: Clock | None = None) -> Services:
     settings = settings or Settings()
+    stamina.instrumentation.set_on_retry_hooks([])  # drip logs its retries, throttled
     topics = Topics(settings.topic_prefix)
     app = build_application(settings)
     pool = build_pool(settings)
     broker = build_broker(settings)
     subscribers.register(broker, settings, lambda: app)
-    publisher = BulkPublisher(settings.kafka_bootstrap)
+    publisher = BulkPublisher(settings.kafka_bootstrap, max_request_size=DEAD_LETTER_MAX_BYTES)
     events = LogListener(settings.database_url, app.recorder.channel_name)  # type: ignore[attr-defined]
     idle = settings.idle_seconds
     return Services(
         settings, topics, pool, app, broker, publisher,
         timer=TimerService(clock or WallClock(), pool, publisher, topics.step_due,
-                           page=settings.timer_batch, idle_seconds=settings.timer_idle_seconds),
+                           LogListener(settings.database_url, timers.CHANNEL),
+                           page=settings.timer_batch, idle_seconds=idle),
         dispatcher=Dispatcher(app, pool, publisher, topics.dispatch, events, idle_seconds=idle),
         dead_letter_relay=DeadLetterRelay(
             pool, publisher, topics.dead_letters,

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import structlog
 
-from services.bootstrap import Services
+from services.adapters import kafka_admin
+from services.bootstrap import Services, topic_specs
 from services.settings import Settings
 
 log = structlog.get_logger("drip.runtime")
@@ -32,12 +33,15 @@ class LoopDied(RuntimeError):
 
 @contextlib.asynccontextmanager
 async def running(services: Services, followers: Followers = "here") -> AsyncIterator[Services]:
-    """The broker's subscribers, the timer and the relays, running while the body runs.
+    """The broker's subscribers, the timer and the relays, running while the body runs;
+    drip's topics are created first if missing (never by the broker's auto-creation).
 
     `followers="process"` runs the projector and the dispatcher in a `drip follow`
     subprocess (the second core, instead of sharing this process's GIL). Raises an
     `ExceptionGroup` holding the error of a loop that died.
     """
+    await kafka_admin.ensure_topics(services.settings.kafka_bootstrap,
+                                    topic_specs(services.settings))
     await services.broker.start()
     try:
         async with asyncio.TaskGroup() as group:

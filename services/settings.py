@@ -23,7 +23,10 @@ class Settings(BaseSettings):
     replay_chunk: int = Field(20000, description="Upstream events per replay chunk (demo)")
     idle_seconds: float = Field(1.0, description="Longest wait of an idle loop between checks, "
                                 "when no NOTIFY woke it (seconds)")
-    timer_idle_seconds: float = Field(0.05, description="Idle wait of the timer service (seconds)")
+    partitions: int = Field(4, ge=1, description="Partitions of the topics drip creates")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of drip's topics")
+    graceful_seconds: float = Field(15.0, description="How long a stopping consumer lets its "
+                                    "in-flight batch finish (seconds)")
     dataset_csv: Path | None = Field(None, description="The appointments CSV `drip demo` replays")
 
     @property

@@ -1,7 +1,8 @@
 """Injectable clocks: the wall clock in production, a simulated clock in replay.
 
-Both give timezone-aware UTC datetimes. `wait_beyond(t, timeout)` lets the timer
-service sleep until the clock may have moved past `t` (seconds).
+Both give timezone-aware UTC datetimes. `sleep_until(t, timeout)` lets the timer service
+sleep until the clock reaches `t` (or, for the simulated clock, moves at all), at most
+`timeout` seconds.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Protocol
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
-    async def wait_beyond(self, t: datetime, timeout: float) -> None: ...
+    async def sleep_until(self, t: datetime, timeout: float) -> None: ...
 
 
 class WallClock:
@@ -24,7 +25,7 @@ class WallClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    async def wait_beyond(self, t: datetime, timeout: float) -> None:
+    async def sleep_until(self, t: datetime, timeout: float) -> None:
         await asyncio.sleep(max(0.0, min(timeout, (t - self.now()).total_seconds())))
 
 
@@ -39,13 +40,15 @@ class SimulatedClock:
         return self._now
 
     def advance_to(self, t: datetime) -> None:
-        """Move forward to `t` (never backwards) and wake whoever waits."""
+        """Move forward to `t` (never backwards) and wake whoever sleeps."""
         if t > self._now:
             self._now = t
             self._moved.set()
 
-    async def wait_beyond(self, t: datetime, timeout: float) -> None:
-        if self._now > t:
+    async def sleep_until(self, t: datetime, timeout: float) -> None:
+        """Return at once if the clock reached `t`, else when it next moves (or after
+        `timeout` real seconds)."""
+        if self._now >= t:
             return
         self._moved.clear()
         with contextlib.suppress(TimeoutError):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import stamina
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -14,27 +15,41 @@ class TopicsStillExist(RuntimeError):
     """The broker has not finished deleting topics (KRaft deletes asynchronously)."""
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int = 4) -> None:
-    """Create the topics that do not exist yet (replication factor 1: a single broker)."""
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as drip creates it: never left to the broker's auto-creation."""
+
+    name: str
+    partitions: int = 4
+    replication_factor: int = 1
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        missing = sorted(set(names) - set(await admin.list_topics()))
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+                await admin.create_topics([
+                    NewTopic(s.name, s.partitions, s.replication_factor,
+                             topic_configs=dict(s.configs)) for s in missing])
     finally:
         await admin.close()
 
 
-async def recreate_topics(bootstrap: str, names: Iterable[str], partitions: int = 4,
+async def recreate_topics(bootstrap: str, specs: Iterable[TopicSpec],
                           timeout: float = 60.0) -> None:
     """Delete the topics (with their data and offsets) and create them empty again.
 
     Raises `TopicsStillExist` (or the broker's `KafkaError`) when the broker has not
     finished within `timeout` seconds.
     """
-    names = sorted(set(names))
+    specs = list(specs)
+    names = sorted({s.name for s in specs})
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -53,4 +68,4 @@ async def recreate_topics(bootstrap: str, names: Iterable[str], partitions: int 
     async for attempt in stamina.retry_context(on=KafkaError, attempts=None, timeout=timeout,
                                                wait_max=0.5):
         with attempt:
-            await ensure_topics(bootstrap, names, partitions)
+            await ensure_topics(bootstrap, specs)

@@ -19,8 +19,8 @@ Record = tuple[bytes | None, bytes | None, Mapping[str, str] | Sequence[tuple[st
 class BulkPublisher:
     """An idempotent producer with `acks=all` (NOTES: the defaults are acks=1, no idempotence)."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: str, max_request_size: int = 1 << 20) -> None:
+        self.bootstrap, self.max_request_size = bootstrap, max_request_size
         self._producer: AIOKafkaProducer | None = None  # made on start: it binds the loop
         self._starting: asyncio.Lock | None = None
 
@@ -30,8 +30,9 @@ class BulkPublisher:
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
                 if self._producer is None:
-                    producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                                enable_idempotence=True, linger_ms=5)
+                    producer = AIOKafkaProducer(
+                        bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                        linger_ms=5, max_request_size=self.max_request_size)
                     await producer.start()
                     self._producer = producer
         return self._producer

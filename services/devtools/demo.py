@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from contracts.topics import Topics
 from domain.templates import appointment_reminders, no_show_recovery
 from projections import schema
 from services.adapters import kafka_admin
 from services.adapters.clock import SimulatedClock
-from services.bootstrap import Services, build, build_pool
+from services.bootstrap import Services, build, build_pool, topic_specs
 from services.devtools import dataset
 from services.devtools.replay import Replay, ReplayStats
 from services.runtime import drain, running
@@ -34,8 +33,7 @@ def reset(settings: Settings) -> None:
     """Empty state: drop every table, delete and recreate the topics."""
     with build_pool(settings) as pool, pool.connection() as conn:
         schema.reset(conn)
-    asyncio.run(kafka_admin.recreate_topics(settings.kafka_bootstrap,
-                                            Topics(settings.topic_prefix).all))
+    asyncio.run(kafka_admin.recreate_topics(settings.kafka_bootstrap, topic_specs(settings)))
 
 
 def define_campaigns(services: Services) -> None:

@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 from projections import campaign_stats, log_positions
 from services.adapters.log_listener import LogListener
 from services.application.app import DripApplication
+from services.entrypoints.loop import run_loop
 
 
 class Projector:
@@ -45,6 +46,10 @@ class Projector:
         return total
 
     async def run(self) -> None:
-        while True:
-            if not await asyncio.to_thread(self.step):
-                await self.listener.wait(self.idle_seconds)
+        async def round_() -> int:
+            return await asyncio.to_thread(self.step)
+
+        async def idle() -> None:
+            await self.listener.wait(self.idle_seconds)
+
+        await run_loop(self.name, round_, idle)

@@ -26,6 +26,7 @@ from projections import dead_letters, log_positions
 from services.adapters.log_listener import LogListener
 from services.adapters.publisher import BulkPublisher, Record
 from services.application.app import DripApplication
+from services.entrypoints.loop import run_loop
 
 JSON = {"content-type": "application/json"}
 T = TypeVar("T")
@@ -83,9 +84,7 @@ class Relay(Generic[T]):
 
     async def run(self) -> None:
         """Relay until cancelled; between pages wait for a NOTIFY (or `idle_seconds`)."""
-        while True:
-            if not await self.relay_once():
-                await self.idle()
+        await run_loop(self.name, self.relay_once, self.idle)
 
     async def idle(self) -> None:
         if self.listener is None:

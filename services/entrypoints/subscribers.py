@@ -16,11 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-import psycopg
 import stamina
 import structlog
-from aiokafka.errors import KafkaError
-from eventsourcing.persistence import IntegrityError, PersistenceError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -29,12 +26,17 @@ from pydantic import SkipValidation, ValidationError
 from contracts.envelope import InvalidMessage, parse_envelope
 from contracts.timers import StepDueV1
 from contracts.topics import UPSTREAM_SCHEMAS, Topics, UpstreamEvent
+from services.adapters.failures import Failure, classify
+from services.adapters.log_throttle import throttled_logger
 from services.application.app import DripApplication
 from services.application.records import ConsumedRecord
 from services.application.unit_of_work import UnitOfWork
 from services.settings import Settings
 
 log = structlog.get_logger("drip.subscribers")
+throttled = throttled_logger(log, every_seconds=30.0)
+TRANSIENT_SECONDS = 30.0  # then the batch is nacked (and comes again), so Kafka sees a poll
+UNKNOWN_ATTEMPTS = 3
 M = TypeVar("M")
 UseCase = Callable[[str, Sequence[ConsumedRecord[M]]], UnitOfWork]
 
@@ -63,42 +65,53 @@ def consumed(records: Sequence[Any], parse: Callable[[bytes], M]) -> list[Consum
     return out
 
 
-def is_infrastructure(exc: BaseException) -> bool:
-    """Failures to retry (not acknowledge) rather than blame on a record (STYLE §8)."""
-    return isinstance(exc, PersistenceError | psycopg.Error | OSError | KafkaError)
-
-
 async def handle_batch(consumer: str, use_case: UseCase[M],
                        batch: list[ConsumedRecord[M]]) -> None:
-    """Run `use_case` on the batch off the event loop.
+    """Run `use_case` on the batch off the event loop; never let one record stall it.
 
-    An infrastructure failure propagates (the batch is nacked and redelivered). Any other
-    failure is a poison record: the batch is retried record by record and the record
-    that still fails is dead-lettered with the error as its reason, so consumption goes on.
+    A transient failure (PostgreSQL or Kafka unreachable, serialization failure) is
+    retried with backoff, then propagates: the batch is nacked and comes again, no record
+    is blamed. Any other failure is a record's: the batch is retried record by record, and
+    a record that still fails (a data error, an id over an index's limit, a bug its
+    content triggers, or an unknown database error after a few tries) is dead-lettered
+    with the error as its reason, so consumption goes on.
     """
     try:
         await _run(use_case, consumer, batch)
     except Exception as exc:
-        if is_infrastructure(exc):
+        if classify(exc) in (Failure.TRANSIENT, Failure.CONFLICT):
             raise
         log.warning("batch failed, retrying record by record", consumer=consumer,
                     error=type(exc).__name__)
         for record in batch:
             try:
-                await _run(use_case, consumer, [record])
+                await _run(use_case, consumer, [record], unknown_attempts=UNKNOWN_ATTEMPTS)
             except Exception as exc:
-                if is_infrastructure(exc):
+                if classify(exc) in (Failure.TRANSIENT, Failure.CONFLICT):
                     raise
-                reason = f"unprocessable: {type(exc).__name__}: {exc}"
+                reason = f"unprocessable: {type(exc).__name__}: {exc}"[:2000]
                 await _run(use_case, consumer, [replace(record, message=None, error=reason)])
 
 
-async def _run(use_case: UseCase[M], consumer: str, batch: list[ConsumedRecord[M]]) -> None:
-    """The use case in a worker thread, retried (with backoff) while a concurrent writer
-    wins the race; after the last attempt the `IntegrityError` propagates, so the batch
-    is nacked and redelivered, never dead-lettered."""
-    async for attempt in stamina.retry_context(on=IntegrityError, attempts=8, timeout=None,
-                                               wait_initial=0.01, wait_max=1.0):
+async def _run(use_case: UseCase[M], consumer: str, batch: list[ConsumedRecord[M]],
+               unknown_attempts: int = 1) -> None:
+    """The use case in a worker thread. A conflict with a concurrent writer and a transient
+    failure are retried with backoff (from 10 ms) for up to `TRANSIENT_SECONDS`, an
+    unknown database error `unknown_attempts` times in all; then the error propagates."""
+    def retryable(exc: Exception) -> bool:
+        kind = classify(exc)
+        if kind is Failure.UNKNOWN:
+            unknown[0] += 1
+            return unknown[0] < unknown_attempts
+        if kind is Failure.TRANSIENT:
+            throttled.warning("transient failure, retrying", consumer=consumer,
+                              error=f"{type(exc).__name__}: {exc}"[:300])
+        return kind in (Failure.CONFLICT, Failure.TRANSIENT)
+
+    unknown = [0]
+    async for attempt in stamina.retry_context(on=retryable, attempts=None,
+                                               timeout=TRANSIENT_SECONDS,
+                                               wait_initial=0.01, wait_max=2.0):
         with attempt:
             uow = await asyncio.to_thread(use_case, consumer, batch)
     for d in uow.effects.dead_letters:

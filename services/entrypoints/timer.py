@@ -8,11 +8,11 @@ republishes, and the step-due handler ignores a step that is no longer pending.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import structlog
 
 from contracts.timers import StepDueV1
 from projections import timers
@@ -20,11 +20,10 @@ from services.adapters.clock import Clock
 from services.adapters.publisher import Record
 from services.entrypoints.relays import JSON, Relay
 
-log = structlog.get_logger("drip.timer")
-
 
 class TimerService(Relay[list[timers.Timer]]):
-    """`relay_once()` fires one round (up to `page` timers); `run()` loops until cancelled."""
+    """`relay_once()` fires one round (up to `page` timers); `run()` loops until cancelled,
+    idling until the next due time or a NOTIFY on `timers.CHANNEL`."""
 
     name = "timer"
 
@@ -43,15 +42,22 @@ class TimerService(Relay[list[timers.Timer]]):
     def done(self, cur: psycopg.Cursor[Any], claimed: list[timers.Timer]) -> None:
         timers.mark_fired(cur, claimed, datetime.now(UTC))
 
-    async def run(self) -> None:
-        while True:
-            try:
-                fired = await self.relay_once()
-            except (psycopg.OperationalError, OSError) as exc:
-                log.warning("timer round failed, retrying", error=str(exc))
-                fired = 0
-            if not fired:
-                await self.clock.wait_beyond(self.clock.now(), self.idle_seconds)
+    async def idle(self) -> None:
+        """Sleep until the next timer is due, a nearer one is written (NOTIFY), the
+        simulated clock moves, or `idle_seconds` pass, whichever comes first."""
+        due = await asyncio.to_thread(self._next_due)
+        until = due or self.clock.now() + timedelta(seconds=self.idle_seconds)
+        waits = [asyncio.ensure_future(self.clock.sleep_until(until, self.idle_seconds))]
+        if self.listener is not None:
+            waits.append(asyncio.ensure_future(self.listener.wait(self.idle_seconds)))
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _next_due(self) -> datetime | None:
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            return timers.next_due(cur)
 
 
 def _record(t: timers.Timer) -> Record:

@@ -1,0 +1,76 @@
+"""Which failures are retried and which blame one record (issue 6 §1, STYLE §8), and how
+a loop rides out the infrastructure's failures (issue 6 §4)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import psycopg.errors
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from eventsourcing.persistence import DataError, IntegrityError, OperationalError
+
+from services.adapters.failures import Failure, classify
+from services.entrypoints import loop
+
+
+def wrapped(outer: type[Exception], inner: psycopg.Error) -> Exception:
+    """An error as eventsourcing raises it: its own class, psycopg's as the cause."""
+    try:
+        try:
+            raise inner
+        except psycopg.Error as exc:
+            raise outer(str(exc)) from exc
+    except Exception as exc:
+        return exc
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    # psycopg classes an index entry over its size limit as an OperationalError
+    (wrapped(OperationalError, psycopg.errors.ProgramLimitExceeded("index row size")),
+     Failure.RECORD),
+    (wrapped(DataError, psycopg.errors.UntranslatableCharacter("\\u0000")), Failure.RECORD),
+    (wrapped(OperationalError, psycopg.OperationalError("connection refused")),
+     Failure.TRANSIENT),
+    (wrapped(OperationalError, psycopg.errors.AdminShutdown("terminating")), Failure.TRANSIENT),
+    (wrapped(OperationalError, psycopg.errors.SerializationFailure("retry")), Failure.TRANSIENT),
+    (wrapped(OperationalError, psycopg.errors.InternalError_("?")), Failure.UNKNOWN),
+    (IntegrityError("version conflict"), Failure.CONFLICT),
+    (KafkaConnectionError("broker down"), Failure.TRANSIENT),
+    (ValueError("a bug this record's content triggers"), Failure.RECORD),
+])
+def test_a_failure_is_classed_by_its_cause_not_its_class(error: Exception, kind: Failure) -> None:
+    assert classify(error) is kind
+
+
+async def test_a_loop_retries_transient_failures_and_goes_on(monkeypatch) -> None:
+    monkeypatch.setattr(loop, "BACKOFF_FIRST", 0.001)
+    outcomes: list[int | Exception] = [
+        psycopg.OperationalError("server closed the connection"),  # PostgreSQL restarting
+        KafkaConnectionError("broker down"), 3, 0]
+    rounds, idles = [], []
+
+    async def round_() -> int:
+        rounds.append(1)
+        outcome = outcomes.pop(0) if outcomes else asyncio.CancelledError()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def idle() -> None:
+        idles.append(1)
+
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run_loop("test", round_, idle)
+    assert len(rounds) == 5 and len(idles) == 1  # idle only after the empty round
+
+
+async def test_a_bug_in_a_loop_propagates() -> None:
+    async def round_() -> int:
+        raise KeyError("a bug")
+
+    async def idle() -> None: ...
+
+    with pytest.raises(KeyError):
+        await loop.run_loop("test", round_, idle)
