@@ -6,18 +6,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.envelope import Contract, Envelope, UtcDatetime
+from contracts.envelope import Contract, Envelope, Id, UtcDatetime
 
 
 class AppointmentBookedV1(Contract):
-    appointment_id: str = Field(min_length=1, description="Booking system's appointment id")
-    patient_id: str = Field(min_length=1, description="Opaque patient id, as the source writes it")
+    appointment_id: Id = Field(description="Booking system's appointment id")
+    patient_id: Id = Field(description="Opaque patient id, as the source writes it")
     starts_at: UtcDatetime = Field(description="When the appointment starts (ISO-8601; UTC)")
 
 
 class AppointmentRefV1(Contract):
-    appointment_id: str = Field(min_length=1, description="Booking system's appointment id")
-    patient_id: str = Field(min_length=1, description="Opaque patient id")
+    appointment_id: Id = Field(description="Booking system's appointment id")
+    patient_id: Id = Field(description="Opaque patient id")
     starts_at: UtcDatetime | None = Field(None, description="When it starts/started, if known")
 
 

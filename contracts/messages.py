@@ -7,14 +7,14 @@ from uuid import UUID
 
 from pydantic import Field
 
-from contracts.envelope import Contract, Envelope, UtcDatetime
+from contracts.envelope import Contract, Envelope, Id, UtcDatetime
 from contracts.patients import Channel
 
 
 class ReplyReceivedV1(Contract):
-    patient_id: str = Field(min_length=1, description="Opaque patient id")
+    patient_id: Id = Field(description="Opaque patient id")
     channel: Channel = Field(description="Channel the reply came on")
-    body: str = Field("", description="Reply text; never logged")
+    body: str = Field("", max_length=10_000, description="Reply text; never logged")
 
 
 class ReplyReceived(Envelope[ReplyReceivedV1]):

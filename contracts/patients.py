@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.envelope import Contract, Envelope
+from contracts.envelope import Contract, Envelope, Id
 
 Channel = Literal["sms", "email", "whatsapp", "push", "in_app"]
 
 
 class PatientOptedOutV1(Contract):
-    patient_id: str = Field(min_length=1, description="Opaque patient id")
+    patient_id: Id = Field(description="Opaque patient id")
     channel: Channel | None = Field(None, description="Channel opted out of; null = all (§4)")
 
 

@@ -141,6 +141,22 @@ class Enrollment(Aggregate):
             fired += self.fire_step(campaign, self.next_index, self.pending_due)
         return fired
 
+    def reschedule(self, campaign: CampaignDefinition, dates: dict[str, datetime],
+                   at: datetime, cause: str) -> bool:
+        """The subject's dates changed at `at` (a rescheduled appointment): a wait-until
+        follows its date, so the pending step is re-timed, and skipped (`due_in_past`) when
+        its new time has passed (§2). Steps already sent or skipped stay as they were.
+
+        Returns False, changing nothing, when the dates are the ones already known (a
+        repeated booking) or the enrollment is no longer active.
+        """
+        changed = {k: v for k, v in dates.items() if self.dates.get(k) != v}
+        if not self.is_active or not changed:
+            return False
+        self._dates_changed(changed, at, cause)
+        self._schedule_next(campaign, moment=at)
+        return True
+
     def stop(self, campaign: CampaignDefinition, reason: StopReason, at: datetime,
              cause: str) -> bool:
         """Stop with `reason` (§4): the pending step and every later one are skipped."""
@@ -217,6 +233,10 @@ class Enrollment(Aggregate):
                       campaign_id: UUID) -> None:
         """Carries who and where, so the dispatcher needs nothing but this event (§6)."""
         self.next_index, self.pending_due, self.last_due = index + 1, None, at
+
+    @event("DatesChanged")
+    def _dates_changed(self, dates: dict[str, datetime], at: datetime, cause: str) -> None:
+        self.dates = {**self.dates, **dates}
 
     @event("AppointmentBooked")
     def _appointment_booked(self, appointment_id: str, at: datetime, cause: str) -> None:

@@ -57,6 +57,7 @@ async def running(services: Services, followers: Followers = "here") -> AsyncIte
             try:
                 yield services
             finally:
+                await services.broker.stop()  # stop consuming first; in-flight batches commit
                 for task in tasks:
                     task.cancel()
     finally:
@@ -92,28 +93,32 @@ async def _child(command: str, settings: Settings) -> None:
     raise LoopDied(f"drip {command} exited with {code}")
 
 
-async def until_signalled() -> None:
-    """Return on SIGTERM or SIGINT."""
+def on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (installed at once, before anything starts)."""
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def serve(services: Services) -> None:
-    """Every service until SIGTERM or SIGINT (`drip serve`)."""
+    """Every service until SIGTERM or SIGINT (`drip serve`), then a clean stop: consuming
+    stops (in-flight batches finish and commit), the loops end, producers close."""
+    stop = on_signals()
     async with running(services):
-        await until_signalled()
+        await stop.wait()
+        log.info("stopping on a signal")
 
 
 async def follow(services: Services) -> None:
     """The dispatcher and the projector until SIGTERM or SIGINT (`drip follow`)."""
+    stop = on_signals()
     try:
         async with asyncio.TaskGroup() as group:
             for name, loop in (("dispatcher", services.dispatcher.run),
                                ("projector", services.projector.run)):
                 group.create_task(_logged(name, loop), name=name)
-            await until_signalled()
+            await stop.wait()
             raise _Stop
     except* _Stop:
         pass

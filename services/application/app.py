@@ -101,8 +101,8 @@ class DripApplication(Application[UUID]):
                 uow.dead_letter(consumer, r, r.error or "no message")
             elif not self.campaigns.knows_clinic(r.message.clinic_id):
                 uow.dead_letter(consumer, r, f"unknown clinic {r.message.clinic_id!r}")
-            else:
-                apply_upstream(uow, r.message)
+            elif (reason := apply_upstream(uow, r.message)) is not None:
+                uow.dead_letter(consumer, r, reason)
         uow.commit()
         return uow
 

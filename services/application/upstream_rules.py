@@ -36,11 +36,28 @@ def prefetch_for(uow: UnitOfWork, events: Sequence[UpstreamEvent]) -> None:
     uow.prefetch(ids, patients)
 
 
-def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> None:
+def refusal(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
+    """Why a valid event cannot apply, if it cannot: an appointment drip knows as another
+    patient's (§1: an event of one patient never changes another's enrollments)."""
+    if isinstance(ev, Appointment):
+        for c in uow.campaigns.of_clinic(ev.clinic_id):
+            e = uow.get(enrollment_id(c.id, ev.data.appointment_id))
+            if e is not None and e.patient_id != ev.data.patient_id:
+                return (f"appointment {ev.data.appointment_id!r} belongs to another patient "
+                        f"(campaign {c.name!r})")
+    return None
+
+
+def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
     """Apply one validated upstream event to the enrollments it concerns, then enroll
-    into the campaigns it triggers."""
+    into the campaigns it triggers. Returns why it was refused instead, if it was (a dead
+    letter's reason), changing nothing."""
+    if (reason := refusal(uow, ev)) is not None:
+        return reason
     match ev:
         case AppointmentBooked():
+            if (reason := _reschedule(uow, ev)) is not None:
+                return reason
             for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
                 campaign = uow.campaign_of(e)
                 if campaign.stops_on(StopReason.APPOINTMENT_BOOKED):
@@ -64,6 +81,25 @@ def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> None:
         case AppointmentMissed():
             pass  # a trigger only
     _enroll(uow, ev)
+    return None
+
+
+def _reschedule(uow: UnitOfWork, ev: AppointmentBooked) -> str | None:
+    """The same appointment booked again: a new `starts_at` re-times the pending steps of
+    its enrollments (§2); one that already ended cannot follow, which is refused."""
+    moved = []
+    for c in uow.campaigns.of_clinic(ev.clinic_id):
+        e = uow.get(enrollment_id(c.id, ev.data.appointment_id))
+        if e is None or e.dates.get(APPOINTMENT_STARTS_AT) in (None, ev.data.starts_at):
+            continue  # not bound to this appointment's time, or the same booking again
+        if not e.is_active:
+            return (f"appointment {ev.data.appointment_id!r} rescheduled, but its enrollment "
+                    f"in {c.name!r} is {e.status}")
+        moved.append((c, e))
+    for c, e in moved:  # all checked first: a refused event changes nothing
+        e.catch_up(c, ev.time)
+        e.reschedule(c, {APPOINTMENT_STARTS_AT: ev.data.starts_at}, ev.time, ev.id)
+    return None
 
 
 def _stop_appointment(uow: UnitOfWork, ev: AppointmentCancelled | AppointmentAttended,

@@ -46,7 +46,7 @@ def _envelope(event_id: str, type_: str, at: datetime, patient_id: str,
               data: dict[str, str]) -> bytes:
     return json.dumps({
         "specversion": "1.0", "id": event_id, "source": SOURCE, "type": type_,
-        "dataversion": 1, "time": _iso(at), "subject": patient_id, "clinic_id": CLINIC_ID,
+        "dataversion": 1, "time": _iso(at), "subject": patient_id, "clinicid": CLINIC_ID,
         "data": data}, separators=(",", ":")).encode()
 
 

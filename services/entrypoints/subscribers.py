@@ -23,13 +23,13 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import SkipValidation, ValidationError
 
-from contracts.envelope import InvalidMessage, parse_envelope
+from contracts.envelope import InvalidMessage, parse_cloudevent
 from contracts.timers import StepDueV1
 from contracts.topics import UPSTREAM_SCHEMAS, Topics, UpstreamEvent
 from services.adapters.failures import Failure, classify
 from services.adapters.log_throttle import throttled_logger
 from services.application.app import DripApplication
-from services.application.records import ConsumedRecord
+from services.application.records import ConsumedRecord, Headers
 from services.application.unit_of_work import UnitOfWork
 from services.settings import Settings
 
@@ -41,25 +41,30 @@ M = TypeVar("M")
 UseCase = Callable[[str, Sequence[ConsumedRecord[M]]], UnitOfWork]
 
 
-def parse_upstream(raw: bytes) -> UpstreamEvent:
-    return parse_envelope(raw, UPSTREAM_SCHEMAS)  # type: ignore[return-value]
+def parse_upstream(key: bytes | None, value: bytes | None, headers: Headers) -> UpstreamEvent:
+    """A CloudEvent in binary or structured mode, keyed by its patient id (§9)."""
+    event: Any = parse_cloudevent(value, headers, UPSTREAM_SCHEMAS)
+    if key != event.data.patient_id.encode():
+        raise InvalidMessage("the Kafka key must be the patient id (data.patient_id)")
+    return event  # type: ignore[no-any-return]
 
 
-def parse_step_due(raw: bytes) -> StepDueV1:
+def parse_step_due(key: bytes | None, value: bytes | None, headers: Headers) -> StepDueV1:
     try:
-        return StepDueV1.model_validate_json(raw)
+        return StepDueV1.model_validate_json(value or b"")
     except ValidationError as exc:
         raise InvalidMessage(f"invalid step.due: {exc.errors()[0]['msg']}") from None
 
 
-def consumed(records: Sequence[Any], parse: Callable[[bytes], M]) -> list[ConsumedRecord[M]]:
+def consumed(records: Sequence[Any],
+             parse: Callable[[bytes | None, bytes | None, Headers], M]) -> list[ConsumedRecord[M]]:
     """aiokafka records → `ConsumedRecord`s, each parsed or refused with its reason."""
     out: list[ConsumedRecord[M]] = []
     for r in records:
         base = ConsumedRecord[M](r.topic, r.partition, r.offset, r.key, r.value,
                                  tuple(r.headers or ()))
         try:
-            out.append(replace(base, message=parse(r.value or b"")))
+            out.append(replace(base, message=parse(r.key, r.value, base.headers)))
         except InvalidMessage as exc:
             out.append(replace(base, error=exc.reason))
     return out

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import uuid4
 
+import psycopg
+import psycopg.errors
 import pytest
+from eventsourcing.persistence import OperationalError
 from faststream.kafka import TestKafkaBroker
 
 from contracts.timers import StepDueV1
@@ -32,7 +36,7 @@ def dump(doc: dict) -> bytes:
 
 def booking(offset: int, appointment: str) -> ConsumedRecord[UpstreamEvent]:
     raw = dump({**BOOKED, "data": {**BOOKED["data"], "appointment_id": appointment}})
-    return ConsumedRecord("t", 0, offset, b"p1", raw, message=parse_upstream(raw))
+    return ConsumedRecord("t", 0, offset, b"p1", raw, message=parse_upstream(b"p1", raw, ()))
 
 
 @pytest.fixture
@@ -54,24 +58,25 @@ async def test_bad_records_are_dead_lettered_and_the_good_one_enrolls(services: 
     async with TestKafkaBroker(services.broker) as broker:
         # one partition each: the in-memory broker numbers every record offset 0
         for partition, value in enumerate(records):
-            await broker.publish_batch(value, topic=services.topics.appointments,
-                                       partition=partition)
+            await broker.publish(value, topic=services.topics.appointments,
+                                 partition=partition, key=b"p1")
     letters = query(services, dead_letters.listing)
     assert sorted(d.reason for d in letters) == [
-        "malformed message: message: Invalid JSON: key must be a string at line 1 column 2",
+        "malformed message: invalid JSON: Expecting property name enclosed in double quotes:"
+        " line 1 column 2 (char 1)",
         "unknown clinic 'atlantis'", "unknown event type 'appointment.teleported'"]
     assert query(services, timers.count_due) == 1  # the confirmation step of the one enrollment
 
 
 async def test_a_redelivered_batch_changes_nothing(services: Services) -> None:
     async with TestKafkaBroker(services.broker) as broker:
-        await broker.publish_batch(dump(BOOKED), topic=services.topics.appointments)
+        await broker.publish(dump(BOOKED), topic=services.topics.appointments, key=b"p1")
         events = services.app.recorder.max_notification_id()
         positions = query(services, lambda cur: consumer_positions.all_positions(
             cur, services.settings.upstream_group))
         # the same record again, at the same offset (the in-memory broker numbers every
         # record 0), as Kafka redelivers it after a crash before the commit
-        await broker.publish_batch(dump(BOOKED), topic=services.topics.appointments)
+        await broker.publish(dump(BOOKED), topic=services.topics.appointments, key=b"p1")
     assert services.app.recorder.max_notification_id() == events
     assert query(services, lambda cur: consumer_positions.all_positions(
         cur, services.settings.upstream_group)) == positions
@@ -117,3 +122,59 @@ def test_a_step_due_of_another_clinic_or_of_no_enrollment_is_dead_lettered(
         f"enrollment {timer.enrollment_id} is not of clinic 'elsewhere'",
         f"unknown enrollment {stray.enrollment_id}"]
     assert uow.recorded == 0
+
+
+def letters_of(uow: UnitOfWork) -> list[str]:
+    return [d.reason for d in uow.effects.dead_letters]
+
+
+def test_one_appointment_booked_again_for_another_patient_is_dead_lettered(
+        services: Services) -> None:  # issue 6 §3: never dropped without a trace
+    services.app.handle_upstream("up", [booking(0, "a1")])
+    raw = dump({**BOOKED, "id": "e2", "subject": "p2",
+                "data": {**BOOKED["data"], "patient_id": "p2"}})
+    uow = services.app.handle_upstream("up", [ConsumedRecord(
+        "t", 0, 1, b"p2", raw, message=parse_upstream(b"p2", raw, ()))])
+    assert letters_of(uow) == [
+        "appointment 'a1' belongs to another patient (campaign 'appointment-reminders')"]
+    assert uow.recorded == 0
+
+
+def test_the_same_appointment_booked_with_a_new_start_re_times_its_reminders(
+        services: Services) -> None:  # issue 6 §3, §2
+    services.app.handle_upstream("up", [booking(0, "a1")])
+    raw = dump({**BOOKED, "id": "e2", "time": "2016-04-30T10:00:00Z",
+                "data": {**BOOKED["data"], "starts_at": "2016-05-20T13:00:00Z"}})
+    uow = services.app.handle_upstream("up", [ConsumedRecord(
+        "t", 0, 1, b"p1", raw, message=parse_upstream(b"p1", raw, ()))])
+    assert letters_of(uow) == []
+    (timer,) = uow.effects.timers  # the confirmation went out; the 48 h reminder moved
+    assert timer.step_index == 1 and timer.due_at.isoformat() == "2016-05-18T13:00:00+00:00"
+
+
+async def test_a_record_whose_id_breaks_an_index_is_dead_lettered_not_retried_forever(
+        services: Services) -> None:  # issue 6 §1: psycopg calls it an OperationalError
+    good, poison = [booking(1, "a1"), booking(3, "a3")], booking(2, "too-long")
+
+    def use_case(consumer: str, batch: Sequence[ConsumedRecord[UpstreamEvent]]) -> UnitOfWork:
+        if any(r.message is not None and r.message.data.appointment_id == "too-long"  # type: ignore[union-attr]
+               for r in batch):
+            raise index_row_too_large()
+        return services.app.handle_upstream(consumer, batch)
+
+    await asyncio.wait_for(handle_batch("group", use_case, [good[0], poison, good[1]]), 60)
+    assert [d.reason for d in query(services, dead_letters.listing)] == [
+        "unprocessable: OperationalError: index row size 102416 exceeds btree maximum"]
+    assert query(services, timers.count_due) == 2
+
+
+def index_row_too_large() -> Exception:
+    """The error eventsourcing raises for psycopg's ProgramLimitExceeded (SQLSTATE 54000)."""
+    try:
+        try:
+            raise psycopg.errors.ProgramLimitExceeded(
+                "index row size 102416 exceeds btree maximum")
+        except psycopg.Error as exc:
+            raise OperationalError(str(exc)) from exc
+    except OperationalError as exc:
+        return exc

@@ -180,3 +180,38 @@ class TestOptOutsRecordedBeforeEnrollment:  # §4 opted_out, §5 consent
         assert e.stop_reason == "opted_out"
         sent = [s for k, s in names(e) if k == "MessageSent"]
         assert sent == ["we-missed-you"]  # due at +2 h, before the opt-out at +4 h
+
+
+class TestRescheduledAppointment:  # §2: a wait-until follows its date
+    def test_a_new_start_re_times_the_pending_reminder(self) -> None:
+        e = remind(STARTS - 100 * H)
+        e.catch_up(REMINDERS, STARTS - 60 * H)  # confirmation sent; 48 h reminder pending
+        e.collect_events()
+        assert e.reschedule(REMINDERS, {"appointment.starts_at": STARTS + 24 * H},
+                            STARTS - 60 * H, "rebooked")
+        assert names(e) == [("DatesChanged", None), ("StepScheduled", "reminder-48h")]
+        assert e.pending_due == STARTS + 24 * H - 48 * H
+
+    def test_a_new_start_whose_reminder_has_passed_skips_it_due_in_past(self) -> None:
+        e = remind(STARTS - 100 * H)
+        e.catch_up(REMINDERS, STARTS - 60 * H)
+        e.collect_events()
+        e.reschedule(REMINDERS, {"appointment.starts_at": STARTS - 20 * H}, STARTS - 60 * H,
+                     "moved earlier")  # the 48 h reminder would be due 8 h ago
+        assert names(e)[1:] == [("StepSkipped", "reminder-48h"),
+                                ("StepScheduled", "reminder-day-of")]
+        assert e.pending_due == STARTS - 23 * H
+
+    def test_the_same_start_again_changes_nothing(self) -> None:
+        e = remind(STARTS - 100 * H)
+        e.collect_events()
+        assert not e.reschedule(REMINDERS, {"appointment.starts_at": STARTS}, STARTS - 99 * H,
+                                "repeated")
+        assert names(e) == []
+
+    def test_a_stale_timer_of_the_old_time_fires_nothing(self) -> None:  # §6
+        e = remind(STARTS - 100 * H)
+        e.catch_up(REMINDERS, STARTS - 60 * H)
+        old_due = e.pending_due
+        e.reschedule(REMINDERS, {"appointment.starts_at": STARTS + 24 * H}, STARTS - 60 * H, "r")
+        assert old_due is not None and not e.fire_step(REMINDERS, 1, old_due)
