@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -90,9 +91,10 @@ class Enrollment(Aggregate):
         §5): an opt-out of everything before `at` enrolls nobody (`Ignored(opted_out)`);
         the others are recorded on the enrollment at their own time.
         """
-        common = dict(id=enrollment_id(campaign.id, subject), campaign_id=campaign.id,
-                      campaign_version=campaign.version, clinic_id=campaign.clinic_id,
-                      patient_id=patient_id, subject=subject, at=at, cause=cause)
+        common: dict[str, Any] = dict(
+            id=enrollment_id(campaign.id, subject), campaign_id=campaign.id,
+            campaign_version=campaign.version, clinic_id=campaign.clinic_id,
+            patient_id=patient_id, subject=subject, at=at, cause=cause)
         starts_at = dates.get(APPOINTMENT_STARTS_AT)
         if APPOINTMENT_STARTS_AT in campaign.date_fields and starts_at is not None and starts_at <= at:
             return cls._create(cls.Ignored, reason=IgnoreReason.APPOINTMENT_IN_PAST.value,

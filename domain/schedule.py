@@ -62,4 +62,7 @@ class Wait:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Wait:
-        return cls(str(data["anchor"]), timedelta(seconds=int(data["offset_seconds"])))  # type: ignore[arg-type]
+        offset = data["offset_seconds"]
+        if not isinstance(offset, int):
+            raise TypeError(f"offset_seconds must be an integer, not {offset!r}")
+        return cls(str(data["anchor"]), timedelta(seconds=offset))

@@ -1,6 +1,6 @@
-"""Real infrastructure for the tests: Kafka and PostgreSQL started by scripts/infra.sh
-(or taken from DRIP_KAFKA_BOOTSTRAP / DRIP_DATABASE_URL), a fresh database and fresh
-topic names per test."""
+"""Real infrastructure for the tests: Kafka and PostgreSQL (from DRIP_KAFKA_BOOTSTRAP /
+DRIP_DATABASE_URL, testcontainers when Docker is there, else scripts/infra.sh; see
+tests/infrastructure.py), a fresh database and fresh topic names per test."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import pytest
 
 from services.devtools import infra
 from services.settings import Settings
+from tests import infrastructure
 
 
 @pytest.fixture(scope="session")
-def endpoints() -> infra.Endpoints:
-    return infra.endpoints_from_env_or_up()
+def endpoints() -> Iterator[infra.Endpoints]:
+    with infrastructure.endpoints() as found:
+        yield found
 
 
 def _with_db(url: str, name: str) -> str:
