@@ -22,6 +22,7 @@ from projections import dead_letters, timers
 from services.adapters.clock import Clock, WallClock
 from services.adapters.kafka_admin import TopicSpec
 from services.adapters.log_listener import LogListener
+from services.adapters.log_throttle import throttle_client_logs
 from services.adapters.publisher import BulkPublisher
 from services.application.app import DripApplication
 from services.entrypoints import asyncapi, subscribers
@@ -110,6 +111,7 @@ def build_broker(settings: Settings) -> KafkaBroker:
 def build(settings: Settings | None = None, clock: Clock | None = None) -> Services:
     settings = settings or Settings()
     stamina.instrumentation.set_on_retry_hooks([])  # drip logs its retries, throttled
+    throttle_client_logs()  # an outage must not write thousands of identical lines
     topics = Topics(settings.topic_prefix)
     app = build_application(settings)
     pool = build_pool(settings)

@@ -3,6 +3,7 @@ every second must not write thousands of identical lines (issue 6, operations)."
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -41,3 +42,33 @@ class ThrottledLogger:
 
 def throttled_logger(logger: Any, every_seconds: float = 30.0) -> ThrottledLogger:
     return ThrottledLogger(logger, every_seconds)
+
+
+class RepeatFilter(logging.Filter):
+    """A `logging` filter for the clients' own loggers (aiokafka, FastStream, psycopg's
+    pool): the same message template passes at most once per `every_seconds`."""
+
+    def __init__(self, every_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.every_seconds = every_seconds
+        self._last: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.name, str(record.msg)), time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, float("-inf")) < self.every_seconds:
+                return False
+            self._last[key] = now
+            return True
+
+
+CLIENT_LOGGERS = ("aiokafka", "faststream", "drip.faststream", "psycopg.pool")
+
+
+def throttle_client_logs(every_seconds: float = 30.0) -> None:
+    """Install one `RepeatFilter` on the Kafka and PostgreSQL clients' loggers (idempotent)."""
+    for name in CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(RepeatFilter(every_seconds))

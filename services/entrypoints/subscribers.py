@@ -140,7 +140,11 @@ def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripAppl
     upstream_group, step_group = settings.upstream_group, settings.step_due_group
 
     @broker.subscriber(*topics.upstream, group_id=upstream_group,
-                       description="Upstream events (§9): appointments, patients, replies",
+                       description="Upstream events (§9): appointments, patients, replies. "
+                                   "CloudEvents 1.0 Kafka protocol binding, structured mode "
+                                   "(application/cloudevents+json) or binary mode (ce_* "
+                                   "headers, data as the value); the clinic is the extension "
+                                   "`clinicid`; key = patient id",
                        **common)
     async def on_upstream(body: SkipValidation[list[UpstreamEvent]], msg: KafkaMessage) -> None:
         await handle_batch(upstream_group, app().handle_upstream,

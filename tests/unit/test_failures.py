@@ -4,6 +4,7 @@ a loop rides out the infrastructure's failures (issue 6 §4)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import psycopg
 import psycopg.errors
@@ -12,6 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 from eventsourcing.persistence import DataError, IntegrityError, OperationalError
 
 from services.adapters.failures import Failure, classify
+from services.adapters.log_throttle import RepeatFilter
 from services.entrypoints import loop
 
 
@@ -74,3 +76,15 @@ async def test_a_bug_in_a_loop_propagates() -> None:
 
     with pytest.raises(KeyError):
         await loop.run_loop("test", round_, idle)
+
+
+def test_a_client_complaint_repeated_during_an_outage_is_logged_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:  # issue 6 §8
+    logger = logging.getLogger("aiokafka.test-outage")
+    logger.addFilter(RepeatFilter(every_seconds=60))
+    with caplog.at_level(logging.ERROR, logger="aiokafka.test-outage"):
+        for node in range(1000):
+            logger.error("Unable connect to node with id %s", node)
+        logger.error("another complaint")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Unable connect to node with id 0", "another complaint"]
