@@ -21,6 +21,7 @@ from contracts.topics import Topics
 from projections import dead_letters, timers
 from services.adapters.clock import Clock, WallClock
 from services.adapters.kafka_admin import TopicSpec
+from services.adapters.kafka_security import client_options, security
 from services.adapters.log_listener import LogListener
 from services.adapters.log_throttle import throttle_client_logs
 from services.adapters.publisher import BulkPublisher
@@ -104,7 +105,7 @@ def build_broker(settings: Settings) -> KafkaBroker:
     on stop it lets in-flight batches finish for up to `graceful_seconds`."""
     logging.getLogger("drip.faststream").setLevel(logging.WARNING)
     return KafkaBroker(settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                       graceful_timeout=settings.graceful_seconds,
+                       graceful_timeout=settings.graceful_seconds, security=security(settings),
                        logger=logging.getLogger("drip.faststream"))
 
 
@@ -117,7 +118,8 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> Servi
     pool = build_pool(settings)
     broker = build_broker(settings)
     subscribers.register(broker, settings, lambda: app)
-    publisher = BulkPublisher(settings.kafka_bootstrap, max_request_size=DEAD_LETTER_MAX_BYTES)
+    publisher = BulkPublisher(settings.kafka_bootstrap, max_request_size=DEAD_LETTER_MAX_BYTES,
+                              options=client_options(settings))
     events = LogListener(settings.database_url, app.recorder.channel_name)  # type: ignore[attr-defined]
     idle = settings.idle_seconds
     return Services(

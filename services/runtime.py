@@ -20,6 +20,7 @@ from typing import Any, Literal
 import structlog
 
 from services.adapters import kafka_admin
+from services.adapters.kafka_security import client_options
 from services.bootstrap import Services, topic_specs
 from services.settings import Settings
 
@@ -41,7 +42,8 @@ async def running(services: Services, followers: Followers = "here") -> AsyncIte
     `ExceptionGroup` holding the error of a loop that died.
     """
     await kafka_admin.ensure_topics(services.settings.kafka_bootstrap,
-                                    topic_specs(services.settings))
+                                    topic_specs(services.settings),
+                                    client_options(services.settings))
     await services.broker.start()
     try:
         async with asyncio.TaskGroup() as group:
@@ -78,9 +80,7 @@ async def _logged(name: str, loop: Callable[[], Awaitable[Any]]) -> None:
 
 async def _child(command: str, settings: Settings) -> None:
     """`drip COMMAND` as a subprocess with these settings; dies with it."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"DRIP_{name.upper()}"] = str(value)
+    env = {**os.environ, **settings.as_env()}
     child = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli",
                                                  command, env=env)
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +15,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIP_", extra="forbid")
 
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port of a Kafka broker")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
+        "SCRAM-SHA-256", description="SASL mechanism, with SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) that signed the "
+                                          "broker's certificate; default: the system's CAs")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM), for "
+                                            "mutual TLS")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client certificate's key (PEM)")
     database_url: str = Field("postgresql://drip:drip@127.0.0.1:54329/drip",
                               description="PostgreSQL URL of the event store and read models")
     topic_prefix: str = Field("drip", description="Prefix of every topic name")
@@ -38,3 +50,11 @@ class Settings(BaseSettings):
     def step_due_group(self) -> str:
         """Consumer group of the `step.due` subscriber."""
         return f"{self.consumer_prefix}.step-due"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as `DRIP_*` variables, secrets included (for a child process)."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[f"DRIP_{name.upper()}"] = str(secret)
+        return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import stamina
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -25,9 +26,11 @@ class TopicSpec:
     configs: Mapping[str, str] = field(default_factory=dict)
 
 
-async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec],
+                        options: Mapping[str, Any] | None = None) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are.
+    `options`: the clients' security options (services/adapters/kafka_security.py)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -42,6 +45,7 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
 
 
 async def recreate_topics(bootstrap: str, specs: Iterable[TopicSpec],
+                          options: Mapping[str, Any] | None = None,
                           timeout: float = 60.0) -> None:
     """Delete the topics (with their data and offsets) and create them empty again.
 
@@ -50,7 +54,7 @@ async def recreate_topics(bootstrap: str, specs: Iterable[TopicSpec],
     """
     specs = list(specs)
     names = sorted({s.name for s in specs})
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
     await admin.start()
     try:
         existing = [n for n in names if n in set(await admin.list_topics())]
@@ -68,4 +72,4 @@ async def recreate_topics(bootstrap: str, specs: Iterable[TopicSpec],
     async for attempt in stamina.retry_context(on=KafkaError, attempts=None, timeout=timeout,
                                                wait_max=0.5):
         with attempt:
-            await ensure_topics(bootstrap, specs)
+            await ensure_topics(bootstrap, specs, options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -19,8 +20,11 @@ Record = tuple[bytes | None, bytes | None, Mapping[str, str] | Sequence[tuple[st
 class BulkPublisher:
     """An idempotent producer with `acks=all` (NOTES: the defaults are acks=1, no idempotence)."""
 
-    def __init__(self, bootstrap: str, max_request_size: int = 1 << 20) -> None:
+    def __init__(self, bootstrap: str, max_request_size: int = 1 << 20,
+                 options: Mapping[str, Any] | None = None) -> None:
+        """`options`: the clients' security options (services/adapters/kafka_security.py)."""
         self.bootstrap, self.max_request_size = bootstrap, max_request_size
+        self.options = dict(options or {})
         self._producer: AIOKafkaProducer | None = None  # made on start: it binds the loop
         self._starting: asyncio.Lock | None = None
 
@@ -32,7 +36,7 @@ class BulkPublisher:
                 if self._producer is None:
                     producer = AIOKafkaProducer(
                         bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                        linger_ms=5, max_request_size=self.max_request_size)
+                        linger_ms=5, max_request_size=self.max_request_size, **self.options)
                     await producer.start()
                     self._producer = producer
         return self._producer

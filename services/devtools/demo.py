@@ -14,6 +14,7 @@ from domain.templates import appointment_reminders, no_show_recovery
 from projections import schema
 from services.adapters import kafka_admin
 from services.adapters.clock import SimulatedClock
+from services.adapters.kafka_security import client_options
 from services.bootstrap import Services, build, build_pool, topic_specs
 from services.devtools import dataset
 from services.devtools.replay import Replay, ReplayStats
@@ -33,7 +34,8 @@ def reset(settings: Settings) -> None:
     """Empty state: drop every table, delete and recreate the topics."""
     with build_pool(settings) as pool, pool.connection() as conn:
         schema.reset(conn)
-    asyncio.run(kafka_admin.recreate_topics(settings.kafka_bootstrap, topic_specs(settings)))
+    asyncio.run(kafka_admin.recreate_topics(settings.kafka_bootstrap, topic_specs(settings),
+                                            client_options(settings)))
 
 
 def define_campaigns(services: Services) -> None:

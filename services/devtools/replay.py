@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from projections import consumer_positions, timers
 from services.adapters.clock import SimulatedClock
+from services.adapters.kafka_security import client_options
 from services.adapters.publisher import BulkPublisher
 from services.bootstrap import Services
 from services.devtools.dataset import UpstreamRecord
@@ -67,7 +68,8 @@ class Replay:
         self.s, self.clock = services, clock
         self.chunk_size, self.stall_seconds = chunk_size, stall_seconds
         self.upstream_group = services.settings.upstream_group
-        self.producer = BulkPublisher(services.settings.kafka_bootstrap)  # the upstream system
+        self.producer = BulkPublisher(  # the upstream system
+            services.settings.kafka_bootstrap, options=client_options(services.settings))
 
     def _query(self, fn: Callable[[Any], T]) -> T:
         with self.s.pool.connection() as conn, conn.cursor() as cur:

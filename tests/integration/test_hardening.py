@@ -185,8 +185,7 @@ async def test_an_idle_timer_sleeps_and_a_nearer_timer_wakes_it(settings: Settin
 
 
 def test_sigterm_stops_drip_serve_cleanly(settings: Settings) -> None:  # issue 6 §8
-    env = {**os.environ, **{f"DRIP_{k.upper()}": str(v)
-                            for k, v in settings.model_dump(exclude_none=True).items()}}
+    env = {**os.environ, **settings.as_env()}
     serve = subprocess.Popen([sys.executable, "-m", "services.cli", "serve"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -26,8 +26,7 @@ SERVE_WITH_A_BROKEN_PROJECTOR = textwrap.dedent("""
 
 
 def test_a_loop_that_dies_stops_the_process_with_a_non_zero_exit(settings: Settings) -> None:
-    env = {**os.environ, **{f"DRIP_{k.upper()}": str(v)
-                            for k, v in settings.model_dump(exclude_none=True).items()}}
+    env = {**os.environ, **settings.as_env()}
     done = subprocess.run([sys.executable, "-c", SERVE_WITH_A_BROKEN_PROJECTOR], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0
