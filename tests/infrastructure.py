@@ -48,7 +48,7 @@ def endpoints() -> Iterator[infra.Endpoints]:
     kafka = os.environ.get("DRIP_KAFKA_BOOTSTRAP", "").strip()
     database = os.environ.get("DRIP_DATABASE_URL", "").strip()
     if kafka and database:
-        yield infra.Endpoints(kafka, database)
+        yield infra.Endpoints(kafka, database, infra.scram_from(dict(os.environ)))
     elif docker_available():
         with containers() as found:
             yield found

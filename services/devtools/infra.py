@@ -23,10 +23,20 @@ class InfraError(RuntimeError):
 
 @dataclass(frozen=True)
 class Endpoints:
-    """`kafka_bootstrap` ("127.0.0.1:19092") and `database_url` ("postgresql://...")."""
+    """`kafka_bootstrap` ("127.0.0.1:19092") and `database_url` ("postgresql://..."); the
+    local stack also has a SCRAM-SHA-256 listener (`kafka_scram`: bootstrap, user, password)."""
 
     kafka_bootstrap: str
     database_url: str
+    kafka_scram: tuple[str, str, str] | None = None
+
+
+def scram_from(found: dict[str, str]) -> tuple[str, str, str] | None:
+    """The SCRAM listener named by `DRIP_LOCAL_KAFKA_SCRAM_*` entries, if all three are."""
+    names = ("DRIP_LOCAL_KAFKA_SCRAM_BOOTSTRAP", "DRIP_LOCAL_KAFKA_SCRAM_USERNAME",
+             "DRIP_LOCAL_KAFKA_SCRAM_PASSWORD")
+    values = tuple(found.get(n, "").strip() for n in names)
+    return values if all(values) else None  # type: ignore[return-value]
 
 
 def run(subcommand: str, timeout: float = UP_TIMEOUT_S) -> str:
@@ -45,7 +55,8 @@ def up() -> Endpoints:
     """Install what is missing, start what is not running, return the endpoints."""
     found = dict(line.split("=", 1) for line in run("up").splitlines() if "=" in line)
     try:
-        return Endpoints(found["DRIP_KAFKA_BOOTSTRAP"], found["DRIP_DATABASE_URL"])
+        return Endpoints(found["DRIP_KAFKA_BOOTSTRAP"], found["DRIP_DATABASE_URL"],
+                         scram_from(found))
     except KeyError as missing:
         raise InfraError(f"scripts/infra.sh up printed no {missing}") from None
 
@@ -56,5 +67,5 @@ def endpoints_from_env_or_up() -> Endpoints:
     kafka = os.environ.get("DRIP_KAFKA_BOOTSTRAP", "").strip()
     database = os.environ.get("DRIP_DATABASE_URL", "").strip()
     if kafka and database:
-        return Endpoints(kafka, database)
+        return Endpoints(kafka, database, scram_from(dict(os.environ)))
     return up()
