@@ -45,3 +45,8 @@ def settings(endpoints: infra.Endpoints, database_url: str) -> Settings:
     return Settings(kafka_bootstrap=endpoints.kafka_bootstrap, database_url=database_url,
                     topic_prefix=f"test-{run}", consumer_prefix=f"test-{run}",
                     replay_chunk=1000)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault suite restarts the shared broker and database: it runs last."""
+    items.sort(key=lambda item: "tests/faults/" in str(item.path).replace("\\", "/"))

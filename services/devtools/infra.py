@@ -39,15 +39,16 @@ def scram_from(found: dict[str, str]) -> tuple[str, str, str] | None:
     return values if all(values) else None  # type: ignore[return-value]
 
 
-def run(subcommand: str, timeout: float = UP_TIMEOUT_S) -> str:
-    """`bash scripts/infra.sh SUBCOMMAND`; returns its stdout. Raises `InfraError`."""
+def run(*arguments: str, timeout: float = UP_TIMEOUT_S) -> str:
+    """`bash scripts/infra.sh ARGUMENTS...` (`up`, `restart kafka`...); returns its stdout.
+    Raises `InfraError`."""
     if not SCRIPT.is_file():
         raise InfraError(f"{SCRIPT} not found: point DRIP_KAFKA_BOOTSTRAP and "
                          "DRIP_DATABASE_URL at a running Kafka and PostgreSQL instead")
-    done = subprocess.run(["bash", str(SCRIPT), subcommand], stdout=subprocess.PIPE,
+    done = subprocess.run(["bash", str(SCRIPT), *arguments], stdout=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, text=True, timeout=timeout, check=False)
     if done.returncode not in (0, 3):  # 3: `status` found a service down
-        raise InfraError(f"scripts/infra.sh {subcommand} failed (exit {done.returncode})")
+        raise InfraError(f"scripts/infra.sh {' '.join(arguments)} failed (exit {done.returncode})")
     return done.stdout
 
 
