@@ -25,7 +25,7 @@ from services.bootstrap import Services, topic_specs
 from services.settings import Settings
 
 log = structlog.get_logger("drip.runtime")
-Followers = Literal["here", "process", "none"]
+Followers = Literal["here", "process"]
 
 
 class LoopDied(RuntimeError):
@@ -115,19 +115,14 @@ async def follow(services: Services) -> None:
     stop = on_signals()
     try:
         async with asyncio.TaskGroup() as group:
-            for name, loop in (("dispatcher", services.dispatcher.run),
-                               ("projector", services.projector.run)):
-                group.create_task(_logged(name, loop), name=name)
+            tasks = [group.create_task(_logged(name, loop), name=name)
+                     for name, loop in (("dispatcher", services.dispatcher.run),
+                                        ("projector", services.projector.run))]
             await stop.wait()
-            raise _Stop
-    except* _Stop:
-        pass
+            for task in tasks:
+                task.cancel()
     finally:
         await services.publisher.stop()
-
-
-class _Stop(Exception):
-    """Ends `follow`'s task group on a signal."""
 
 
 async def drain(services: Services) -> None:

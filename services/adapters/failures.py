@@ -39,8 +39,14 @@ def classify(exc: BaseException) -> Failure:
     pg = _psycopg_cause(exc)
     if pg is not None:
         state = pg.sqlstate
-        if state is None or state[:2] in TRANSIENT_SQLSTATE_CLASSES:
-            return Failure.TRANSIENT  # no SQLSTATE: the connection itself failed
+        if state is None:  # raised by psycopg itself, not by the server
+            if isinstance(pg, psycopg.DataError):
+                return Failure.RECORD  # a value it cannot send (a NUL in text)
+            if isinstance(pg, psycopg.OperationalError | psycopg.InterfaceError):
+                return Failure.TRANSIENT  # the connection failed
+            return Failure.UNKNOWN
+        if state[:2] in TRANSIENT_SQLSTATE_CLASSES:
+            return Failure.TRANSIENT
         if state[:2] in RECORD_SQLSTATE_CLASSES:
             return Failure.RECORD
         return Failure.UNKNOWN

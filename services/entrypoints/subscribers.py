@@ -95,7 +95,21 @@ async def handle_batch(consumer: str, use_case: UseCase[M],
                 if classify(exc) in (Failure.TRANSIENT, Failure.CONFLICT):
                     raise
                 reason = f"unprocessable: {type(exc).__name__}: {exc}"[:2000]
-                await _run(use_case, consumer, [replace(record, message=None, error=reason)])
+                await _dead_letter(use_case, consumer, record, reason)
+
+
+async def _dead_letter(use_case: UseCase[M], consumer: str, record: ConsumedRecord[M],
+                       reason: str) -> None:
+    """Dead-letter `record`; if even its row cannot be written (headers PostgreSQL
+    refuses), write it without its headers, saying so: never stall on it."""
+    refused = replace(record, message=None, error=reason.replace("\x00", "\\x00"))
+    try:
+        await _run(use_case, consumer, [refused])
+    except Exception as exc:
+        if classify(exc) in (Failure.TRANSIENT, Failure.CONFLICT):
+            raise
+        await _run(use_case, consumer, [replace(
+            refused, headers=(), error=f"{refused.error} (headers dropped: {type(exc).__name__})")])
 
 
 async def _run(use_case: UseCase[M], consumer: str, batch: list[ConsumedRecord[M]],

@@ -178,3 +178,16 @@ def index_row_too_large() -> Exception:
             raise OperationalError(str(exc)) from exc
     except OperationalError as exc:
         return exc
+
+
+async def test_a_record_whose_headers_postgresql_refuses_is_dead_lettered_without_them(
+        services: Services) -> None:  # issue 6 §1: never stall a partition on one record
+    refused = ConsumedRecord[UpstreamEvent]("t", 0, 9, b"p1", b"{oops",
+                                            headers=(("bad\x00key", b"v"),),
+                                            error="malformed message")
+    await asyncio.wait_for(handle_batch("group", services.app.handle_upstream,
+                                        [refused, booking(10, "a10")]), 60)
+    (letter,) = query(services, dead_letters.listing)
+    assert letter.offset == 9 and letter.headers == () and letter.value == b"{oops"
+    assert "headers dropped" in letter.reason
+    assert query(services, timers.count_due) == 1  # the booking behind it enrolled

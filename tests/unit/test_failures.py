@@ -33,6 +33,8 @@ def wrapped(outer: type[Exception], inner: psycopg.Error) -> Exception:
     (wrapped(OperationalError, psycopg.errors.ProgramLimitExceeded("index row size")),
      Failure.RECORD),
     (wrapped(DataError, psycopg.errors.UntranslatableCharacter("\\u0000")), Failure.RECORD),
+    # psycopg's own refusal to send a NUL in text: no SQLSTATE, but the record's fault
+    (wrapped(DataError, psycopg.DataError("text fields cannot contain NUL")), Failure.RECORD),
     (wrapped(OperationalError, psycopg.OperationalError("connection refused")),
      Failure.TRANSIENT),
     (wrapped(OperationalError, psycopg.errors.AdminShutdown("terminating")), Failure.TRANSIENT),
