@@ -155,7 +155,7 @@ async def test_drip_creates_its_topics_with_the_configured_partitions(settings: 
     services.close()
 
 
-async def test_an_idle_timer_sleeps_and_a_nearer_timer_wakes_it(settings: Settings) -> None:
+async def test_idle_loops_sleep_and_a_notify_wakes_them(settings: Settings) -> None:
     # issue 6 §5: it used to run ~900 transactions/s with nothing to do
     services = build(settings.model_copy(update={"idle_seconds": 30.0}), WallClock())
     services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
@@ -181,6 +181,9 @@ async def test_an_idle_timer_sleeps_and_a_nearer_timer_wakes_it(settings: Settin
         started = time.monotonic()
         await until(lambda: services.timer.fired == 1, "the timer to fire", seconds=10)
         assert time.monotonic() - started < 5  # woken, not the 30 s idle timeout
+        # the send's events NOTIFY the sleeping dispatcher too (LISTEN, not polling)
+        await until(lambda: services.dispatcher.relayed == 1, "the dispatcher", seconds=10)
+        assert time.monotonic() - started < 5
     services.close()
 
 
