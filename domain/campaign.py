@@ -15,6 +15,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.calendar import ClinicCalendar
 from domain.errors import InvalidCampaign
 from domain.schedule import ENROLLMENT, PREVIOUS_STEP, Wait
 from domain.stop_rules import StopReason
@@ -85,6 +86,12 @@ class CampaignDefinition:
     @cached_property
     def id(self) -> UUID:
         return campaign_id(self.clinic_id, self.name)
+
+    @cached_property
+    def calendar(self) -> ClinicCalendar:
+        """The calendar business-day and local-time waits count in: the campaign's time
+        zone with the default §5 hours (Monday–Saturday 08:00–20:00), no holidays yet."""
+        return ClinicCalendar(self.time_zone)
 
     @property
     def date_fields(self) -> frozenset[str]:

@@ -206,7 +206,7 @@ class Enrollment(Aggregate):
             index, step = self.next_index, campaign.steps[self.next_index]
             try:
                 due = step.wait.due_at(enrolled_at=self.started_at, previous_due=self.last_due,
-                                       dates=self.dates)
+                                       dates=self.dates, calendar=campaign.calendar)
             except MissingDate:
                 self._step_skipped(index, step.name, SkipReason.MISSING_DATE.value, moment, None)
                 continue
