@@ -47,6 +47,7 @@ class Services:
     dispatcher: Dispatcher
     dead_letter_relay: DeadLetterRelay
     projector: Projector
+    breaker: subscribers.Breaker
 
     def close(self) -> None:
         """Close the connection pools (Kafka clients are stopped by the runtime)."""
@@ -117,7 +118,8 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> Servi
     app = build_application(settings)
     pool = build_pool(settings)
     broker = build_broker(settings)
-    subscribers.register(broker, settings, lambda: app)
+    breaker = subscribers.Breaker()
+    subscribers.register(broker, settings, lambda: app, breaker)
     publisher = BulkPublisher(settings.kafka_bootstrap, max_request_size=DEAD_LETTER_MAX_BYTES,
                               options=client_options(settings))
     events = LogListener(settings.database_url, app.recorder.channel_name)  # type: ignore[attr-defined]
@@ -133,7 +135,8 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> Servi
             LogListener(settings.database_url, dead_letters.CHANNEL), idle_seconds=idle),
         projector=Projector(app, pool, LogListener(settings.database_url,
                                                    app.recorder.channel_name),  # type: ignore[attr-defined]
-                            idle_seconds=idle))
+                            idle_seconds=idle),
+        breaker=breaker)
 
 
 def asyncapi_document(settings: Settings) -> AsyncAPI:
@@ -143,5 +146,5 @@ def asyncapi_document(settings: Settings) -> AsyncAPI:
     def no_application() -> DripApplication:
         raise RuntimeError("the AsyncAPI document's broker is never started")
 
-    subscribers.register(broker, settings, no_application)
+    subscribers.register(broker, settings, no_application, subscribers.Breaker())
     return asyncapi.document(broker, Topics(settings.topic_prefix))

@@ -1,7 +1,8 @@
 """Running drip's services in a process, under one supervisor.
 
-Every long-running loop (timer, dispatcher, dead-letter relay, projector, and the child
-`drip follow` process when the followers run apart) is a task of one `asyncio.TaskGroup`:
+Every long-running loop (timer, dispatcher, dead-letter relay, projector, the child
+`drip follow` process when the followers run apart, and the subscribers' breaker, which
+trips when record after record fails in a handler) is a task of one `asyncio.TaskGroup`:
 a loop that dies cancels the others and the body, and the error propagates, so the
 process stops loudly instead of living on half-alive. FastStream runs the Kafka consume
 loops itself and restarts one that fails.
@@ -48,7 +49,8 @@ async def running(services: Services, followers: Followers = "here") -> AsyncIte
     try:
         async with asyncio.TaskGroup() as group:
             loops: dict[str, Callable[[], Awaitable[Any]]] = {
-                "timer": services.timer.run, "dead-letter-relay": services.dead_letter_relay.run}
+                "timer": services.timer.run, "dead-letter-relay": services.dead_letter_relay.run,
+                "subscribers": services.breaker.tripped}
             if followers == "here":
                 loops |= {"dispatcher": services.dispatcher.run,
                           "projector": services.projector.run}

@@ -37,6 +37,39 @@ log = structlog.get_logger("drip.subscribers")
 throttled = throttled_logger(log, every_seconds=30.0)
 TRANSIENT_SECONDS = 30.0  # then the batch is nacked (and comes again), so Kafka sees a poll
 UNKNOWN_ATTEMPTS = 3
+
+
+class SystemicFailure(RuntimeError):
+    """Record after record fails in the handler: a bug, not bad records. The batch is not
+    acknowledged and the process stops, instead of dead-lettering everything."""
+
+
+class Breaker:
+    """Trips after `limit` records in a row failed for reasons of their own content (not
+    refused by a contract): one bad record is a dead letter, twenty in a row are a bug.
+    `tripped()` returns (raising `SystemicFailure`) once it has; the supervisor awaits it."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit, self.in_a_row = limit, 0
+        self._tripped = asyncio.Event()
+        self.error: SystemicFailure | None = None
+
+    def handled(self) -> None:
+        self.in_a_row = 0
+
+    def unprocessable(self, consumer: str, exc: BaseException) -> None:
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            self.error = SystemicFailure(
+                f"{self.in_a_row} records in a row failed in {consumer}: "
+                f"{type(exc).__name__}: {exc}"[:2000])
+            self._tripped.set()
+            raise self.error
+
+    async def tripped(self) -> None:
+        await self._tripped.wait()
+        assert self.error is not None
+        raise self.error
 M = TypeVar("M")
 UseCase = Callable[[str, Sequence[ConsumedRecord[M]]], UnitOfWork]
 
@@ -70,8 +103,8 @@ def consumed(records: Sequence[Any],
     return out
 
 
-async def handle_batch(consumer: str, use_case: UseCase[M],
-                       batch: list[ConsumedRecord[M]]) -> None:
+async def handle_batch(consumer: str, use_case: UseCase[M], batch: list[ConsumedRecord[M]],
+                       breaker: Breaker | None = None) -> None:
     """Run `use_case` on the batch off the event loop; never let one record stall it.
 
     A transient failure (PostgreSQL or Kafka unreachable, serialization failure) is
@@ -79,10 +112,13 @@ async def handle_batch(consumer: str, use_case: UseCase[M],
     is blamed. Any other failure is a record's: the batch is retried record by record, and
     a record that still fails (a data error, an id over an index's limit, a bug its
     content triggers, or an unknown database error after a few tries) is dead-lettered
-    with the error as its reason, so consumption goes on.
+    with the error as its reason, so consumption goes on — unless `breaker` trips on too
+    many in a row (`SystemicFailure`: the batch is not acknowledged).
     """
+    breaker = breaker or Breaker()
     try:
         await _run(use_case, consumer, batch)
+        breaker.handled()
     except Exception as exc:
         if classify(exc) in (Failure.TRANSIENT, Failure.CONFLICT):
             raise
@@ -91,9 +127,11 @@ async def handle_batch(consumer: str, use_case: UseCase[M],
         for record in batch:
             try:
                 await _run(use_case, consumer, [record], unknown_attempts=UNKNOWN_ATTEMPTS)
+                breaker.handled()
             except Exception as exc:
                 if classify(exc) in (Failure.TRANSIENT, Failure.CONFLICT):
                     raise
+                breaker.unprocessable(consumer, exc)
                 reason = f"unprocessable: {type(exc).__name__}: {exc}"[:2000]
                 await _dead_letter(use_case, consumer, record, reason)
 
@@ -142,7 +180,8 @@ def _undecoded(msg: Any) -> None:
     return None  # bodies are parsed in the handler, record by record
 
 
-def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripApplication]) -> None:
+def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripApplication],
+             breaker: Breaker) -> None:
     """Attach the upstream and step-due subscribers to `broker`; `app()` gives the
     application when a batch arrives (the AsyncAPI document registers them too, and
     never starts its broker)."""
@@ -162,10 +201,10 @@ def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripAppl
                        **common)
     async def on_upstream(body: SkipValidation[list[UpstreamEvent]], msg: KafkaMessage) -> None:
         await handle_batch(upstream_group, app().handle_upstream,
-                           consumed(msg.raw_message, parse_upstream))  # type: ignore[arg-type]
+                           consumed(msg.raw_message, parse_upstream), breaker)  # type: ignore[arg-type]
 
     @broker.subscriber(topics.step_due, group_id=step_group, title=topics.step_due,
                        description="drip's timers: step.due v1", **common)
     async def on_step_due(body: SkipValidation[list[StepDueV1]], msg: KafkaMessage) -> None:
         await handle_batch(step_group, app().handle_step_due,
-                           consumed(msg.raw_message, parse_step_due))  # type: ignore[arg-type]
+                           consumed(msg.raw_message, parse_step_due), breaker)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from services.devtools import infra
 from services.settings import Settings
 
 FAULT_KINDS = ("kill9", "rebalance", "kafka_restart", "postgres_restart")
+Process = subprocess.Popen[bytes]
 
 
 @dataclass
@@ -24,10 +26,10 @@ class Cluster:
 
     settings: Settings
     log_dir: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
     started: int = 0
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self) -> Process:
         self.started += 1
         log = (self.log_dir / f"serve-{self.started}.log").open("wb")
         process = subprocess.Popen(
@@ -37,12 +39,12 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def kill9(self, process: subprocess.Popen[bytes]) -> None:
+    def kill9(self, process: Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         self.processes.remove(process)
 
-    def dead(self) -> list[subprocess.Popen[bytes]]:
+    def dead(self) -> list[Process]:
         """Processes that exited although nobody stopped them (half-alive is worse)."""
         return [p for p in self.processes if p.poll() is not None]
 
@@ -59,16 +61,16 @@ class Cluster:
                 process.wait()
         self.processes.clear()
 
-    def inject(self, kind: str, rng_choice: object) -> None:
-        """Inject one fault of `kind`; the cluster keeps at least one process."""
-        choose = rng_choice  # random.Random.choice of the run, for reproducibility
+    def inject(self, kind: str, choose: Callable[[list[Process]], Process]) -> None:
+        """Inject one fault of `kind` (`choose`: the run's seeded `random.choice`); the
+        cluster keeps at least one process."""
         if kind == "kill9":
-            self.kill9(choose(self.processes))  # type: ignore[operator]
+            self.kill9(choose(self.processes))
             self.start()
         elif kind == "rebalance":
             self.start()  # joins the consumer groups: partitions move
             time.sleep(2)
-            self.kill9(choose(self.processes))  # type: ignore[operator]
+            self.kill9(choose(self.processes))
         elif kind == "kafka_restart":
             infra.run("restart", "kafka")
         elif kind == "postgres_restart":

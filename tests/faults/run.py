@@ -91,8 +91,7 @@ async def publish(settings: Settings, records: list[Record]) -> None:
     await producer.start()
     try:
         for r in records:
-            await producer.send_and_wait(topics.for_type(f"{r.topic_family}.x"), r.value,
-                                         key=r.key)
+            await producer.send_and_wait(topics.for_type(r.event_type), r.value, key=r.key)
     finally:
         await producer.stop()
 

@@ -47,7 +47,7 @@ def campaigns(clinic: str) -> list[CampaignDefinition]:
 class Record:
     """One record as upstream publishes it; `poison` names the defect it carries, if any."""
 
-    topic_family: str
+    event_type: str  # what it claims to be: its topic follows (`Topics.for_type`)
     key: bytes | None
     value: bytes | None
     poison: str | None = None
@@ -82,9 +82,8 @@ class Workload:
                 "data": {"patient_id": patient, **data}}
 
     def record(self, doc: dict[str, object], key: str | None = None) -> Record:
-        family = str(doc["type"]).split(".", 1)[0]
         patient = str(doc["subject"])
-        return Record(family, (key or patient).encode(), json.dumps(doc).encode(),
+        return Record(str(doc["type"]), (key or patient).encode(), json.dumps(doc).encode(),
                       event_id=str(doc["id"]))
 
     def wave(self, size: int, poison: tuple[str, ...], now: datetime | None = None) -> list[Record]:
@@ -133,7 +132,7 @@ class Workload:
         data = dict(good["data"])  # type: ignore[call-overload]
         match kind:
             case "malformed_json":
-                return Record("appointment", patient.encode(), b"{oops", kind)
+                return Record("appointment.booked", patient.encode(), b"{oops", kind)
             case "unknown_type":
                 doc = {**good, "type": "appointment.teleported"}
             case "unknown_version":
@@ -147,15 +146,15 @@ class Workload:
             case "huge_id":
                 huge = "p" * 100_000
                 doc = {**good, "subject": huge, "data": {**data, "patient_id": huge}}
-                return Record("appointment", huge.encode(), json.dumps(doc).encode(), kind)
+                return Record("appointment.booked", huge.encode(), json.dumps(doc).encode(), kind)
             case "overflowing_time":
                 doc = {**good, "time": "0001-01-01T00:30+01:00"}
             case "number_as_time":
                 doc = {**good, "data": {**data, "starts_at": 1764000000}}
             case "key_mismatch":
-                return Record("appointment", b"someone-else", json.dumps(good).encode(), kind)
+                return Record("appointment.booked", b"someone-else", json.dumps(good).encode(), kind)
             case "tombstone":
-                return Record("appointment", patient.encode(), None, kind)
+                return Record("appointment.booked", patient.encode(), None, kind)
             case _:
                 raise ValueError(f"unknown poison kind {kind!r}")
-        return Record("appointment", patient.encode(), json.dumps(doc).encode(), kind)
+        return Record("appointment.booked", patient.encode(), json.dumps(doc).encode(), kind)

@@ -21,7 +21,12 @@ from projections import consumer_positions, dead_letters, timers
 from services.application.records import ConsumedRecord
 from services.application.unit_of_work import UnitOfWork
 from services.bootstrap import Services, build
-from services.entrypoints.subscribers import handle_batch, parse_upstream
+from services.entrypoints.subscribers import (
+    Breaker,
+    SystemicFailure,
+    handle_batch,
+    parse_upstream,
+)
 from services.settings import Settings
 
 BOOKED = {"id": "e1", "source": "crm", "type": "appointment.booked",
@@ -191,3 +196,19 @@ async def test_a_record_whose_headers_postgresql_refuses_is_dead_lettered_withou
     assert letter.offset == 9 and letter.headers == () and letter.value == b"{oops"
     assert "headers dropped" in letter.reason
     assert query(services, timers.count_due) == 1  # the booking behind it enrolled
+
+
+async def test_record_after_record_failing_in_the_handler_is_a_bug_that_stops_the_process(
+        services: Services) -> None:  # a bug must not dead-letter the whole stream
+    def broken(consumer: str, batch: Sequence[ConsumedRecord[UpstreamEvent]]) -> UnitOfWork:
+        if any(r.message is not None for r in batch):
+            raise TypeError("a bug every record triggers")
+        return services.app.handle_upstream(consumer, batch)
+
+    breaker = Breaker(limit=5)
+    batch = [booking(offset, f"a{offset}") for offset in range(12)]
+    with pytest.raises(SystemicFailure, match="5 records in a row"):
+        await handle_batch("group", broken, batch, breaker)
+    assert query(services, dead_letters.count) == 4  # then it stopped dead-lettering
+    with pytest.raises(SystemicFailure):
+        await asyncio.wait_for(breaker.tripped(), 1)  # the supervisor's loop ends with it
