@@ -9,39 +9,40 @@ import time
 from typing import Any
 
 
+class _Gate:
+    """Lets a key pass at most once per `every_seconds`; counts what it held back."""
+
+    def __init__(self, every_seconds: float) -> None:
+        self.every_seconds = every_seconds
+        self._last: dict[object, tuple[float, int]] = {}
+        self._lock = threading.Lock()  # worker threads log too
+
+    def allow(self, key: object) -> int | None:
+        """None to suppress, else the number suppressed since the key last passed."""
+        now = time.monotonic()
+        with self._lock:
+            last, suppressed = self._last.get(key, (float("-inf"), 0))
+            if now - last < self.every_seconds:
+                self._last[key] = (last, suppressed + 1)
+                return None
+            self._last[key] = (now, 0)
+            return suppressed
+
+
 class ThrottledLogger:
     """Wraps a structlog logger: a given event text is logged at most once per
     `every_seconds`; the next line it lets through says how many were suppressed."""
 
-    def __init__(self, logger: Any, every_seconds: float) -> None:
-        self._logger, self.every_seconds = logger, every_seconds
-        self._last: dict[str, tuple[float, int]] = {}
-        self._lock = threading.Lock()
-
-    def _allow(self, event: str) -> int | None:
-        """None to suppress, else the number suppressed since the last line."""
-        now = time.monotonic()
-        with self._lock:
-            last, suppressed = self._last.get(event, (float("-inf"), 0))
-            if now - last < self.every_seconds:
-                self._last[event] = (last, suppressed + 1)
-                return None
-            self._last[event] = (now, 0)
-            return suppressed
+    def __init__(self, logger: Any, every_seconds: float = 30.0) -> None:
+        self._logger, self._gate = logger, _Gate(every_seconds)
 
     def warning(self, event: str, **fields: Any) -> None:
-        suppressed = self._allow(event)
-        if suppressed is not None:
+        if (suppressed := self._gate.allow(event)) is not None:
             self._logger.warning(event, suppressed=suppressed, **fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        suppressed = self._allow(event)
-        if suppressed is not None:
+        if (suppressed := self._gate.allow(event)) is not None:
             self._logger.error(event, suppressed=suppressed, **fields)
-
-
-def throttled_logger(logger: Any, every_seconds: float = 30.0) -> ThrottledLogger:
-    return ThrottledLogger(logger, every_seconds)
 
 
 class RepeatFilter(logging.Filter):
@@ -50,17 +51,10 @@ class RepeatFilter(logging.Filter):
 
     def __init__(self, every_seconds: float = 30.0) -> None:
         super().__init__()
-        self.every_seconds = every_seconds
-        self._last: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
+        self._gate = _Gate(every_seconds)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key, now = (record.name, str(record.msg)), time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, float("-inf")) < self.every_seconds:
-                return False
-            self._last[key] = now
-            return True
+        return self._gate.allow((record.name, str(record.msg))) is not None
 
 
 CLIENT_LOGGERS = ("aiokafka", "faststream", "drip.faststream", "psycopg.pool")

@@ -17,6 +17,7 @@ from contracts.appointments import (
 from contracts.messages import ReplyReceived
 from contracts.patients import PatientOptedOut
 from contracts.topics import UpstreamEvent
+from domain.campaign import CampaignDefinition
 from domain.enrollment import Enrollment, enrollment_id
 from domain.schedule import APPOINTMENT_STARTS_AT
 from domain.stop_rules import StopReason
@@ -40,12 +41,19 @@ def refusal(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
     """Why a valid event cannot apply, if it cannot: an appointment drip knows as another
     patient's (§1: an event of one patient never changes another's enrollments)."""
     if isinstance(ev, Appointment):
-        for c in uow.campaigns.of_clinic(ev.clinic_id):
-            e = uow.get(enrollment_id(c.id, ev.data.appointment_id))
-            if e is not None and e.patient_id != ev.data.patient_id:
+        for c, e in _bound_to(uow, ev.clinic_id, ev.data.appointment_id):
+            if e.patient_id != ev.data.patient_id:
                 return (f"appointment {ev.data.appointment_id!r} belongs to another patient "
                         f"(campaign {c.name!r})")
     return None
+
+
+def _bound_to(uow: UnitOfWork, clinic_id: str,
+              appointment_id: str) -> list[tuple[CampaignDefinition, Enrollment]]:
+    """The enrollments whose subject is this appointment, with their campaigns."""
+    found = ((c, uow.get(enrollment_id(c.id, appointment_id)))
+             for c in uow.campaigns.of_clinic(clinic_id))
+    return [(c, e) for c, e in found if e is not None]
 
 
 def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
@@ -88,9 +96,8 @@ def _reschedule(uow: UnitOfWork, ev: AppointmentBooked) -> str | None:
     """The same appointment booked again: a new `starts_at` re-times the pending steps of
     its enrollments (§2); one that already ended cannot follow, which is refused."""
     moved = []
-    for c in uow.campaigns.of_clinic(ev.clinic_id):
-        e = uow.get(enrollment_id(c.id, ev.data.appointment_id))
-        if e is None or e.dates.get(APPOINTMENT_STARTS_AT) in (None, ev.data.starts_at):
+    for c, e in _bound_to(uow, ev.clinic_id, ev.data.appointment_id):
+        if e.dates.get(APPOINTMENT_STARTS_AT) in (None, ev.data.starts_at):
             continue  # not bound to this appointment's time, or the same booking again
         if not e.is_active:
             return (f"appointment {ev.data.appointment_id!r} rescheduled, but its enrollment "
@@ -105,9 +112,8 @@ def _reschedule(uow: UnitOfWork, ev: AppointmentBooked) -> str | None:
 def _stop_appointment(uow: UnitOfWork, ev: AppointmentCancelled | AppointmentAttended,
                       reason: StopReason) -> None:
     """Stop the enrollments bound to this appointment whose campaign stops on `reason`."""
-    for c in uow.campaigns.of_clinic(ev.clinic_id):
-        e = uow.get(enrollment_id(c.id, ev.data.appointment_id))
-        if e is not None and e.is_active and c.stops_on(reason):
+    for c, e in _bound_to(uow, ev.clinic_id, ev.data.appointment_id):
+        if e.is_active and c.stops_on(reason):
             e.catch_up(c, ev.time)
             e.stop(c, reason, ev.time, ev.id)
 

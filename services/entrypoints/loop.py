@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from services.adapters.failures import Failure, classify
-from services.adapters.log_throttle import throttled_logger
+from services.adapters.log_throttle import ThrottledLogger
 
-log = throttled_logger(structlog.get_logger("drip.loop"), every_seconds=30.0)
+log = ThrottledLogger(structlog.get_logger("drip.loop"), every_seconds=30.0)
 BACKOFF_FIRST, BACKOFF_MAX = 0.25, 5.0  # seconds
 
 

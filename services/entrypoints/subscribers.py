@@ -27,14 +27,14 @@ from contracts.envelope import InvalidMessage, parse_cloudevent
 from contracts.timers import StepDueV1
 from contracts.topics import UPSTREAM_SCHEMAS, Topics, UpstreamEvent
 from services.adapters.failures import Failure, classify
-from services.adapters.log_throttle import throttled_logger
+from services.adapters.log_throttle import ThrottledLogger
 from services.application.app import DripApplication
 from services.application.records import ConsumedRecord, Headers
 from services.application.unit_of_work import UnitOfWork
 from services.settings import Settings
 
 log = structlog.get_logger("drip.subscribers")
-throttled = throttled_logger(log, every_seconds=30.0)
+throttled = ThrottledLogger(log, every_seconds=30.0)
 TRANSIENT_SECONDS = 30.0  # then the batch is nacked (and comes again), so Kafka sees a poll
 UNKNOWN_ATTEMPTS = 3
 
