@@ -17,7 +17,8 @@ COPY contracts ./contracts
 COPY domain ./domain
 COPY projections ./projections
 COPY services ./services
-RUN pip install .
+COPY campaigns ./campaigns
+RUN pip install -e .  # editable: the demo reads campaigns/ beside the code
 
 RUN useradd --create-home --uid 10001 drip
 USER drip

@@ -20,3 +20,6 @@ class StepDueV1(Contract):
     patient_id: str = Field(description="Patient id (Kafka key)")
     step_index: int = Field(ge=0, description="0-based index of the step in the campaign")
     due_at: UtcDatetime = Field(description="The step's due time (UTC)")
+    held_until: UtcDatetime | None = Field(
+        None, description="Set when the step fell due while its campaign was paused: it "
+                          "goes at this time (the resume), or is skipped past its deadline")

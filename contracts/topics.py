@@ -13,10 +13,10 @@ from contracts.appointments import (
 )
 from contracts.envelope import Envelope
 from contracts.messages import ReplyReceived
-from contracts.patients import PatientOptedOut
+from contracts.patients import PatientBenefitsUpdated, PatientOptedOut
 
 UpstreamEvent = (AppointmentBooked | AppointmentCancelled | AppointmentAttended | AppointmentMissed
-                 | PatientOptedOut | ReplyReceived)
+                 | PatientOptedOut | PatientBenefitsUpdated | ReplyReceived)
 """Every upstream event drip consumes (§9), as its parsed contract class."""
 
 UPSTREAM_SCHEMAS: dict[tuple[str, int], type[Envelope[Any]]] = {
@@ -25,6 +25,7 @@ UPSTREAM_SCHEMAS: dict[tuple[str, int], type[Envelope[Any]]] = {
     ("appointment.attended", 1): AppointmentAttended,
     ("appointment.missed", 1): AppointmentMissed,
     ("patient.opted_out", 1): PatientOptedOut,
+    ("patient.benefits_updated", 1): PatientBenefitsUpdated,
     ("message.reply_received", 1): ReplyReceived,
 }
 

@@ -46,8 +46,8 @@ class ClinicCalendar:
 
     def at_local(self, day: date, at: time) -> datetime:
         """`at` o'clock on `day` in the clinic's zone, as UTC (skipped times move forward
-        by the gap; repeated times are the first occurrence)."""
-        return datetime.combine(day, at, tzinfo=self.zone).astimezone(UTC)
+        by the gap; repeated times are the first occurrence, whatever `at.fold` says)."""
+        return datetime.combine(day, at.replace(fold=0), tzinfo=self.zone).astimezone(UTC)
 
     def is_business_day(self, day: date) -> bool:
         return day.weekday() in self.open_days and day not in self.closed_on

@@ -11,6 +11,7 @@ a moment are handled before steps due at that same moment.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
@@ -19,8 +20,9 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.campaign import CampaignDefinition
-from domain.errors import MissingDate
+from domain import conditions
+from domain.campaign import BranchStep, CampaignDefinition, SendStep, SplitStep
+from domain.errors import InvalidCampaign, MissingDate
 from domain.schedule import APPOINTMENT_STARTS_AT
 from domain.stop_rules import IgnoreReason, SkipReason, StopReason
 
@@ -56,13 +58,15 @@ class Enrollment(Aggregate):
 
     class Enrolled(Started):
         dates: dict[str, datetime]
+        attributes: dict[str, Any]
 
     class Ignored(Started):
         reason: str
 
     def __init__(self, campaign_id: UUID, campaign_version: int, clinic_id: str,
                  patient_id: str, subject: str, at: datetime, cause: str,
-                 dates: dict[str, datetime] | None = None, reason: str | None = None) -> None:
+                 dates: dict[str, datetime] | None = None, reason: str | None = None,
+                 attributes: dict[str, Any] | None = None) -> None:
         self.campaign_id = campaign_id
         self.campaign_version = campaign_version
         self.clinic_id = clinic_id
@@ -75,14 +79,21 @@ class Enrollment(Aggregate):
         self.stop_reason: str | None = None
         self.next_index = 0
         self.pending_due: datetime | None = None
+        self.pending_step = ""
         self.last_due = at
         self.opted_out_channels: list[str] = []
+        self.opted_out_of_all = False
+        self.replied = False
+        self.sent_steps: list[str] = []
+        self.variants: dict[str, str] = {}
+        self.attributes = dict(attributes or {})
 
     # -- creation --------------------------------------------------------------------
     @classmethod
     def enroll(cls, campaign: CampaignDefinition, *, patient_id: str, subject: str,
                at: datetime, cause: str, dates: dict[str, datetime],
-               opt_outs: Sequence[tuple[str | None, datetime, str]] = ()) -> Enrollment:
+               opt_outs: Sequence[tuple[str | None, datetime, str]] = (),
+               attributes: dict[str, Any] | None = None) -> Enrollment:
         """Start an enrollment at `at` and schedule its first step (§3).
 
         For a campaign that waits on `appointment.starts_at` (reminders), an appointment
@@ -99,10 +110,14 @@ class Enrollment(Aggregate):
         if APPOINTMENT_STARTS_AT in campaign.date_fields and starts_at is not None and starts_at <= at:
             return cls._create(cls.Ignored, reason=IgnoreReason.APPOINTMENT_IN_PAST.value,
                                **common)
+        deadline = dates.get(campaign.deadline or "")
+        if deadline is not None and deadline <= at:
+            return cls._create(cls.Ignored, reason=IgnoreReason.DEADLINE_PASSED.value, **common)
         if any(channel is None and when <= at for channel, when, _ in opt_outs):
             return cls._create(cls.Ignored, reason=IgnoreReason.OPTED_OUT.value, **common)
-        enrollment = cls._create(cls.Enrolled, dates=dates, **common)
-        enrollment._schedule_next(campaign, moment=at)
+        enrollment = cls._create(cls.Enrolled, dates=dates, attributes=dict(attributes or {}),
+                                 **common)
+        enrollment._schedule_next(campaign, at, 0)
         for channel, when, why in sorted(opt_outs, key=lambda o: o[1]):
             enrollment.catch_up(campaign, when)
             enrollment.record_opt_out(campaign, channel, when, why)
@@ -117,24 +132,82 @@ class Enrollment(Aggregate):
     def pending_index(self) -> int | None:
         return self.next_index if self.pending_due is not None else None
 
-    # -- commands --------------------------------------------------------------------
-    def fire_step(self, campaign: CampaignDefinition, index: int, due_at: datetime) -> bool:
-        """Handle the timer of step `index` due at `due_at` (§2, §4 re-check, §6).
+    @property
+    def pending_step_name(self) -> str:
+        return self.pending_step
 
-        Returns False, changing nothing, when that step is no longer pending (a
-        redelivered or stale timer): a step is never sent twice.
+
+    # -- commands --------------------------------------------------------------------
+    def fire_step(self, campaign: CampaignDefinition, index: int, due_at: datetime,
+                  at: datetime | None = None) -> bool:
+        """Handle the timer of step `index` due at `due_at` (§2, §4 re-check, §6), at `at`
+        (default `due_at`; later when the step was held by a paused campaign).
+
+        A held step is recorded `StepDeferred`, then skipped `deadline_passed` when the date
+        it waited before went by meanwhile. Past the enrollment's deadline (the campaign's
+        `deadline` date or end date) the enrollment stops instead (§4 `deadline_passed`).
+        Returns False, changing nothing, when that step is no longer pending (a redelivered
+        or stale timer): a step is never done twice.
         """
         if not self.is_active or self.pending_index != index or self.pending_due != due_at:
             return False
+        at = max(at or due_at, due_at)
         step = campaign.steps[index]
-        if step.channel in self.opted_out_channels:
-            self._step_skipped(index, step.name, SkipReason.OPTED_OUT.value, due_at, due_at)
-        else:
-            key = f"{self.id}:{step.name}:1"
-            self._message_sent(index, step.name, step.channel, step.template, due_at, key,
-                               self.patient_id, self.clinic_id, self.campaign_id)
-        self._schedule_next(campaign, moment=due_at)
+        if at > due_at:
+            self._step_deferred(index, step.name, due_at, at, "campaign_paused")
+        deadline = self.deadline(campaign)
+        if deadline is not None and at > deadline:
+            self.stop(campaign, StopReason.DEADLINE_PASSED, at, "deadline")
+            return True
+        anchor = self.dates.get(step.wait.anchor)
+        if at > due_at and anchor is not None and due_at <= anchor < at:
+            self._step_skipped(index, step.name, SkipReason.DEADLINE_PASSED.value, at, due_at)
+            self._schedule_next(campaign, at, campaign.after(index))
+            return True
+        self._do(campaign, index, at)
         return True
+
+    def deadline(self, campaign: CampaignDefinition) -> datetime | None:
+        """When this enrollment stops by §4 `deadline_passed`, if ever: the campaign's
+        `deadline` date on the subject or its end date, whichever is first."""
+        found = [d for d in (self.dates.get(campaign.deadline or ""), campaign.ends_at)
+                 if d is not None]
+        return min(found) if found else None
+
+    def _do(self, campaign: CampaignDefinition, index: int, at: datetime) -> None:
+        """Do step `index` at `at`: send (or skip it for an opted-out channel), or decide."""
+        step = campaign.steps[index]
+        if isinstance(step, BranchStep):
+            taken = conditions.holds(step.condition, self.facts)
+            target = step.then if taken else step.otherwise
+            goto = campaign.index_of(target)
+            self._branch_taken(index, step.name, taken, target, goto, at)
+        elif isinstance(step, SplitStep):
+            variant = step.pick(self.split_key(step.name))
+            goto = campaign.index_of(variant.goto) if variant.goto else index + 1
+            self._variant_assigned(index, step.name, variant.name, goto, at)
+        else:
+            goto = campaign.after(index)
+            if step.channel in self.opted_out_channels:
+                self._step_skipped(index, step.name, SkipReason.OPTED_OUT.value, at, at)
+            else:
+                key = f"{self.id}:{step.name}:1"
+                self._message_sent(index, step.name, step.channel, step.template, at, key,
+                                   self.patient_id, self.clinic_id, self.campaign_id)
+        self._schedule_next(campaign, at, goto)
+
+    def split_key(self, step: str) -> int:
+        """The hash that assigns this enrollment's variant at split `step` (deterministic)."""
+        return int.from_bytes(hashlib.sha256(f"{self.id}:{step}".encode()).digest()[:8], "big")
+
+    @property
+    def facts(self) -> conditions.Facts:
+        """What a branch condition sees (§2 `branch`)."""
+        return conditions.Facts(
+            replied=self.replied, opted_out_of_all=self.opted_out_of_all,
+            opted_out_channels=frozenset(self.opted_out_channels),
+            sent_steps=frozenset(self.sent_steps),
+            attributes={**self.attributes, **self.dates})
 
     def catch_up(self, campaign: CampaignDefinition, until: datetime) -> int:
         """Fire every pending step due strictly before `until`; returns how many."""
@@ -156,17 +229,37 @@ class Enrollment(Aggregate):
         if not self.is_active or not changed:
             return False
         self._dates_changed(changed, at, cause)
-        self._schedule_next(campaign, moment=at)
+        self._schedule_next(campaign, at, self.next_index)
         return True
 
     def stop(self, campaign: CampaignDefinition, reason: StopReason, at: datetime,
              cause: str) -> bool:
-        """Stop with `reason` (§4): the pending step and every later one are skipped."""
+        """Stop with `reason` (§4): the pending step and those that would follow it (up to
+        a decision) are skipped."""
         if not self.is_active:
             return False
-        for index in range(self.next_index, len(campaign.steps)):
+        for index in campaign.path_from(self.next_index) or [self.next_index]:
             self._step_skipped(index, campaign.steps[index].name, reason.value, at, None)
         self._stopped(reason.value, at, cause)
+        return True
+
+    def migrate(self, campaign: CampaignDefinition, step_map: dict[str, str], at: datetime,
+                cause: str) -> bool:
+        """Move to `campaign` (another version of the same campaign) at `at` (§2): the
+        pending step becomes the step of the new version named `step_map.get(name, name)`,
+        re-timed there. Returns False when already on that version or not active. Raises
+        `InvalidCampaign` when the new version has no such step."""
+        if not self.is_active or campaign.version == self.campaign_version:
+            return False
+        if campaign.id != self.campaign_id:
+            raise InvalidCampaign(f"enrollment {self.id} is not in campaign {campaign.name!r}")
+        old = self.pending_step_name
+        new = step_map.get(old, old)
+        if new not in {s.name for s in campaign.steps}:
+            raise InvalidCampaign(f"version {campaign.version} of {campaign.name!r} has no "
+                                  f"step {new!r} (map {old!r} with --map {old}=STEP)")
+        self._migrated(self.campaign_version, campaign.version, old, new, at, cause)
+        self._schedule_next(campaign, at, campaign.index_of(new))
         return True
 
     def record_booking(self, campaign: CampaignDefinition, appointment_id: str,
@@ -200,19 +293,31 @@ class Enrollment(Aggregate):
         return True
 
     # -- scheduling (pure decisions; due times are carried in the events) --------------
-    def _schedule_next(self, campaign: CampaignDefinition, moment: datetime) -> None:
-        """Schedule the next step at `moment`; a step due strictly before it is skipped."""
-        while self.next_index < len(campaign.steps):
-            index, step = self.next_index, campaign.steps[self.next_index]
+    def _schedule_next(self, campaign: CampaignDefinition, moment: datetime, index: int) -> None:
+        """Schedule step `index` or the first after it that is not skipped, at `moment`.
+
+        A send step due strictly before `moment` is skipped (`due_in_past`, §2); a branch
+        or split due at or before `moment` is decided at once; the end completes."""
+        steps = campaign.steps
+        while index < len(steps):
+            step = steps[index]
             try:
                 due = step.wait.due_at(enrolled_at=self.started_at, previous_due=self.last_due,
                                        dates=self.dates, calendar=campaign.calendar)
             except MissingDate:
-                self._step_skipped(index, step.name, SkipReason.MISSING_DATE.value, moment, None)
-                continue
-            if due < moment:
+                if isinstance(step, SendStep):
+                    self._step_skipped(index, step.name, SkipReason.MISSING_DATE.value,
+                                       moment, None)
+                    index = campaign.after(index)
+                    continue
+                due = moment
+            if isinstance(step, SendStep) and due < moment:
                 self._step_skipped(index, step.name, SkipReason.DUE_IN_PAST.value, moment, due)
+                index = campaign.after(index)
                 continue
+            if not isinstance(step, SendStep) and due <= moment:
+                self._do(campaign, index, moment)
+                return
             self._step_scheduled(index, step.name, due)
             return
         self._completed(moment)
@@ -220,7 +325,29 @@ class Enrollment(Aggregate):
     # -- events: bodies only assign ------------------------------------------------------
     @event("StepScheduled")
     def _step_scheduled(self, index: int, step: str, due_at: datetime) -> None:
-        self.next_index, self.pending_due = index, due_at
+        self.next_index, self.pending_due, self.pending_step = index, due_at, step
+
+    @event("StepDeferred")
+    def _step_deferred(self, index: int, step: str, due_at: datetime, until: datetime,
+                       reason: str) -> None:
+        """The step fell due while it could not go out (§2 pause); it goes at `until`."""
+
+    @event("BranchTaken")
+    def _branch_taken(self, index: int, step: str, taken: bool, target: str, goto: int,
+                      at: datetime) -> None:
+        """A decision is a moment too: the waits after it count from `at`."""
+        self.next_index, self.pending_due, self.last_due = goto, None, at
+
+    @event("VariantAssigned")
+    def _variant_assigned(self, index: int, step: str, variant: str, goto: int,
+                          at: datetime) -> None:
+        self.next_index, self.pending_due, self.last_due = goto, None, at
+        self.variants = {**self.variants, step: variant}
+
+    @event("Migrated")
+    def _migrated(self, from_version: int, to_version: int, from_step: str, to_step: str,
+                  at: datetime, cause: str) -> None:
+        self.campaign_version, self.pending_due = to_version, None
 
     @event("StepSkipped")
     def _step_skipped(self, index: int, step: str, reason: str, at: datetime,
@@ -235,6 +362,7 @@ class Enrollment(Aggregate):
                       campaign_id: UUID) -> None:
         """Carries who and where, so the dispatcher needs nothing but this event (§6)."""
         self.next_index, self.pending_due, self.last_due = index + 1, None, at
+        self.sent_steps = [*self.sent_steps, step]
 
     @event("DatesChanged")
     def _dates_changed(self, dates: dict[str, datetime], at: datetime, cause: str) -> None:
@@ -246,11 +374,13 @@ class Enrollment(Aggregate):
 
     @event("Responded")
     def _responded(self, channel: str, at: datetime, cause: str) -> None:
-        pass
+        self.replied = True
 
     @event("OptedOut")
     def _opted_out(self, channel: str | None, at: datetime, cause: str) -> None:
-        if channel is not None and channel not in self.opted_out_channels:
+        if channel is None:
+            self.opted_out_of_all = True
+        elif channel not in self.opted_out_channels:
             self.opted_out_channels = [*self.opted_out_channels, channel]
 
     @event("Stopped")

@@ -18,6 +18,8 @@ ENROLLMENT = "enrollment"
 PREVIOUS_STEP = "previous_step"
 APPOINTMENT_STARTS_AT = "appointment.starts_at"
 """The date an appointment-bound enrollment carries (the wait-until anchor of reminders)."""
+BENEFITS_EXPIRES_ON = "benefits.expires_on"
+"""When a patient's benefits expire: the start of that day in the clinic's time zone."""
 
 
 @dataclass(frozen=True)

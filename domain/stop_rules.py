@@ -14,6 +14,9 @@ class StopReason(StrEnum):
     OPTED_OUT = "opted_out"
     APPOINTMENT_CANCELLED = "appointment_cancelled"
     APPOINTMENT_ATTENDED = "appointment_attended"
+    DEADLINE_PASSED = "deadline_passed"
+    CAMPAIGN_ARCHIVED = "campaign_archived"
+    MANUAL = "manual"
 
 
 class SkipReason(StrEnum):
@@ -22,10 +25,12 @@ class SkipReason(StrEnum):
     DUE_IN_PAST = "due_in_past"
     OPTED_OUT = "opted_out"
     MISSING_DATE = "missing_date"
+    DEADLINE_PASSED = "deadline_passed"
 
 
 class IgnoreReason(StrEnum):
     """Why a trigger enrolled nobody (§3)."""
 
     APPOINTMENT_IN_PAST = "appointment_in_past"
+    DEADLINE_PASSED = "deadline_passed"
     OPTED_OUT = "opted_out"

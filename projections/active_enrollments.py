@@ -63,3 +63,10 @@ def of_patients(cur: Cursor, patients: Iterable[tuple[str, str]]) -> dict[tuple[
     for clinic_id, patient_id, enrollment_id in _rows(cur):
         found[(clinic_id, patient_id)].add(enrollment_id)
     return found
+
+
+def of_campaign(cur: Cursor, campaign_id: UUID) -> list[UUID]:
+    """The campaign's active enrollment ids, oldest first (a migration's worklist)."""
+    cur.execute("SELECT enrollment_id FROM active_enrollments WHERE campaign_id = %s"
+                " ORDER BY started_at, enrollment_id", (campaign_id,))
+    return [r[0] for r in _rows(cur)]

@@ -21,7 +21,8 @@ from psycopg import Cursor
 
 from domain.campaign import Campaign
 from domain.enrollment import Enrollment, EnrollmentStatus
-from projections.sql import rows
+from domain.stop_rules import StopReason
+from projections.sql import add_column, rows
 
 DDL = """
 CREATE TABLE IF NOT EXISTS campaigns (
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS enrollments (
     stop_reason text, steps_done int NOT NULL DEFAULT 0, next_step_index int,
     next_due_at timestamptz, started_at timestamptz NOT NULL, ended_at timestamptz
 );
+
 CREATE INDEX IF NOT EXISTS enrollments_patient ON enrollments (clinic_id, patient_id);
 CREATE TABLE IF NOT EXISTS campaign_counts (
     campaign_id uuid NOT NULL, metric text NOT NULL, key text NOT NULL, n bigint NOT NULL,
@@ -43,13 +45,14 @@ CREATE TABLE IF NOT EXISTS step_skips (
     campaign_id uuid NOT NULL, step text NOT NULL, reason text NOT NULL, n bigint NOT NULL,
     PRIMARY KEY (campaign_id, step, reason)
 );
-"""
+""" + add_column("enrollments", "variant", "text")
 
+_STOPS = frozenset(StopReason)
 COLUMNS = ("enrollment_id", "campaign_id", "clinic_id", "patient_id", "subject", "status",
            "stop_reason", "steps_done", "next_step_index", "next_due_at", "started_at",
-           "ended_at")
+           "ended_at", "variant")
 TYPES = ("uuid", "uuid", "text", "text", "text", "text", "text", "int", "int", "timestamptz",
-         "timestamptz", "timestamptz")
+         "timestamptz", "timestamptz", "text")
 
 
 def apply(cur: Cursor, events: Sequence[Any]) -> None:
@@ -111,9 +114,10 @@ class _Page:
 
 
 def _campaign_defined(page: _Page, ev: Any) -> None:
+    """Defined or Revised: the report's step rows are the latest version's send steps."""
     d = ev.definition
     page.campaigns.append((ev.originator_id, d["clinic_id"], d["name"], d["kind"],
-                           [s["name"] for s in d["steps"]]))
+                           [s["name"] for s in d["steps"] if s.get("type", "send") == "send"]))
 
 
 def _created(page: _Page, ev: Any, status: str) -> dict[str, Any]:
@@ -144,11 +148,34 @@ def _sent(page: _Page, ev: Any) -> None:
     row = page.row(ev.originator_id)
     row.update(steps_done=ev.index + 1, next_step_index=None, next_due_at=None)
     page.counts[(row["campaign_id"], "sent", ev.step)] += 1
+    if row["variant"]:
+        page.counts[(row["campaign_id"], "variant_sent", f"{row['variant']}|{ev.step}")] += 1
+
+
+def _variant(page: _Page, ev: Any) -> None:
+    """A/B/n: the assignment, and the variant the enrollment's later sends count for."""
+    row = page.row(ev.originator_id)
+    label = f"{ev.step}={ev.variant}"
+    row.update(steps_done=ev.index + 1, variant=label)
+    page.counts[(row["campaign_id"], "variant", label)] += 1
+
+
+def _branch(page: _Page, ev: Any) -> None:
+    row = page.row(ev.originator_id)
+    row.update(steps_done=ev.index + 1)
+    page.counts[(row["campaign_id"], "branch", f"{ev.step}={'then' if ev.taken else 'else'}")] += 1
+
+
+def _deferred(page: _Page, ev: Any) -> None:
+    page.counts[(page.row(ev.originator_id)["campaign_id"], "deferred", ev.step)] += 1
 
 
 def _skipped(page: _Page, ev: Any) -> None:
+    """A step skipped; a stop's skips (no due time, a stop reason) do not advance progress."""
     row = page.row(ev.originator_id)
-    row.update(steps_done=ev.index + 1, next_step_index=None, next_due_at=None)
+    row.update(next_step_index=None, next_due_at=None)
+    if ev.due_at is not None or ev.reason not in _STOPS:
+        row.update(steps_done=ev.index + 1)
     page.counts[(row["campaign_id"], "skipped", ev.step)] += 1
     page.skips[(row["campaign_id"], ev.step, ev.reason)] += 1
 
@@ -162,6 +189,10 @@ def _ended(page: _Page, ev: Any, status: str, reason: str | None) -> None:
 
 _HANDLERS: dict[type, Callable[[_Page, Any], None]] = {
     Campaign.Defined: _campaign_defined,
+    Campaign.Revised: _campaign_defined,
+    Enrollment.VariantAssigned: _variant,
+    Enrollment.BranchTaken: _branch,
+    Enrollment.StepDeferred: _deferred,
     Enrollment.Enrolled: _enrolled,
     Enrollment.Ignored: _ignored,
     Enrollment.StepScheduled: _scheduled,
@@ -172,11 +203,27 @@ _HANDLERS: dict[type, Callable[[_Page, Any], None]] = {
 }
 
 
+def progress(steps_done: int, total: int) -> str:
+    """§3 progress: `"2/5 (40 %)"` — steps done (sent, skipped or decided) of the campaign's."""
+    return f"{steps_done}/{total} ({round(100 * steps_done / total) if total else 100} %)"
+
+
+def enrollment_progress(cur: Cursor, enrollment_id: UUID) -> str | None:
+    """One enrollment's progress (§3), None when it is unknown."""
+    cur.execute("SELECT e.steps_done, jsonb_array_length(c.steps) FROM enrollments e"
+                " JOIN campaigns c USING (campaign_id) WHERE e.enrollment_id = %s",
+                (enrollment_id,))
+    found = rows(cur)
+    return progress(*found[0]) if found else None
+
+
 def report(cur: Cursor) -> dict[str, Any]:
     """The `drip report --json` shape, read from the tables only.
 
     `{"campaigns": {name: {"enrolled", "completed", "stopped": {reason: n},
-      "steps": {step: {"sent", "skipped"}}}}, "ignored": {reason: n}}`
+      "steps": {step: {"sent", "skipped"}}}}, "ignored": {reason: n}}`; a campaign with
+    splits, branches or held steps also has `"variants": {split: {variant: {"assigned",
+    "sent": {step: n}}}}`, `"branches": {step: {"then"|"else": n}}`, `"deferred": {step: n}`.
     """
     cur.execute("SELECT campaign_id, name, steps FROM campaigns ORDER BY name")
     campaigns = {cid: (name, steps) for cid, name, steps in rows(cur)}
@@ -195,4 +242,19 @@ def report(cur: Cursor) -> dict[str, Any]:
             c["steps"].setdefault(key, {"sent": 0, "skipped": 0})[metric] += n
         elif metric == "ignored":
             out["ignored"][key] = out["ignored"].get(key, 0) + n
+        elif metric == "variant":
+            split, variant = key.split("=", 1)
+            v = c.setdefault("variants", {}).setdefault(split, {}).setdefault(
+                variant, {"assigned": 0, "sent": {}})
+            v["assigned"] = n
+        elif metric == "variant_sent":
+            label, step = key.split("|", 1)
+            split, variant = label.split("=", 1)
+            c.setdefault("variants", {}).setdefault(split, {}).setdefault(
+                variant, {"assigned": 0, "sent": {}})["sent"][step] = n
+        elif metric == "branch":
+            step, outcome = key.split("=", 1)
+            c.setdefault("branches", {}).setdefault(step, {})[outcome] = n
+        elif metric == "deferred":
+            c.setdefault("deferred", {})[key] = n
     return out

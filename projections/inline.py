@@ -11,9 +11,16 @@ from uuid import UUID
 
 from psycopg import Cursor
 
-from projections import active_enrollments, consumer_positions, dead_letters, timers
+from projections import (
+    active_enrollments,
+    campaign_states,
+    consumer_positions,
+    dead_letters,
+    timers,
+)
 
-DDL = consumer_positions.DDL + timers.DDL + active_enrollments.DDL + dead_letters.DDL
+DDL = (consumer_positions.DDL + timers.DDL + active_enrollments.DDL + dead_letters.DDL
+       + campaign_states.DDL)
 
 
 @dataclass
@@ -26,9 +33,11 @@ class InlineEffects:
     active: list[active_enrollments.Active] = field(default_factory=list)
     inactive: list[UUID] = field(default_factory=list)
     dead_letters: list[dead_letters.DeadLetter] = field(default_factory=list)
+    campaign_states: list[campaign_states.CampaignState] = field(default_factory=list)
 
     def write(self, cur: Cursor) -> None:
         consumer_positions.write(cur, self.advances)
         timers.write(cur, self.timers, self.timers_done)
         active_enrollments.write(cur, self.active, self.inactive)
         dead_letters.write(cur, self.dead_letters)
+        campaign_states.write(cur, self.campaign_states)

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from psycopg import Cursor
 
-from projections.sql import columns
+from projections.sql import add_column, columns
 from projections.sql import rows as _rows
 
 DDL = """
@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS due_timers (
     fired_at      timestamptz
 );
 CREATE INDEX IF NOT EXISTS due_timers_due ON due_timers (due_at) WHERE fired_at IS NULL;
-"""
+""" + add_column("due_timers", "campaign_id", "uuid")
+# due_timers.campaign_id: the timer service holds the timers of paused campaigns (§2)
+_FIRING = ("NOT EXISTS (SELECT 1 FROM campaign_states s WHERE s.campaign_id = t.campaign_id"
+           " AND s.status = 'paused')")
 
 
 CHANNEL = "drip_timers"
@@ -44,6 +47,9 @@ class Timer:
     patient_id: str
     step_index: int
     due_at: datetime
+    campaign_id: UUID | None = None
+    held_until: datetime | None = None
+    """Set when claimed: the step fell due while its campaign was paused; it goes now."""
 
 
 def write(cur: Cursor, upserts: Iterable[Timer], deletes: Iterable[UUID]) -> None:
@@ -51,10 +57,13 @@ def write(cur: Cursor, upserts: Iterable[Timer], deletes: Iterable[UUID]) -> Non
     timers = list(upserts)
     if timers:
         cur.execute(
-            "INSERT INTO due_timers SELECT *, NULL FROM unnest("
-            "%s::uuid[], %s::text[], %s::text[], %s::int[], %s::timestamptz[])"
+            "INSERT INTO due_timers (enrollment_id, clinic_id, patient_id, step_index, due_at,"
+            " campaign_id) SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[],"
+            " %s::timestamptz[], %s::uuid[])"
             " ON CONFLICT (enrollment_id) DO UPDATE SET step_index = EXCLUDED.step_index,"
-            " due_at = EXCLUDED.due_at, fired_at = NULL", columns(timers))
+            " due_at = EXCLUDED.due_at, fired_at = NULL",
+            columns(timers, ("enrollment_id", "clinic_id", "patient_id", "step_index",
+                             "due_at", "campaign_id")))
         cur.execute(f"NOTIFY {CHANNEL}")
     ids = list(deletes)
     if ids:
@@ -62,11 +71,16 @@ def write(cur: Cursor, upserts: Iterable[Timer], deletes: Iterable[UUID]) -> Non
 
 
 def claim_due(cur: Cursor, now: datetime, limit: int) -> list[Timer]:
-    """Unfired timers due at or before `now` (UTC), earliest first, locked for this claim."""
+    """Unfired timers due at or before `now` (UTC), earliest first, locked for this claim;
+    not those of paused campaigns. A timer due before its campaign's last resume comes
+    with `held_until` = that resume (§2: held steps go on resume)."""
     cur.execute(
-        "SELECT enrollment_id, clinic_id, patient_id, step_index, due_at FROM due_timers"
-        " WHERE fired_at IS NULL AND due_at <= %s ORDER BY due_at, enrollment_id"
-        " LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit))
+        "SELECT t.enrollment_id, t.clinic_id, t.patient_id, t.step_index, t.due_at,"
+        " t.campaign_id, (SELECT s.resumed_at FROM campaign_states s"
+        "  WHERE s.campaign_id = t.campaign_id AND t.due_at < s.resumed_at)"
+        f" FROM due_timers t WHERE t.fired_at IS NULL AND t.due_at <= %s AND {_FIRING}"
+        " ORDER BY t.due_at, t.enrollment_id LIMIT %s FOR UPDATE OF t SKIP LOCKED",
+        (now, limit))
     return [Timer(*r) for r in _rows(cur)]
 
 
@@ -83,8 +97,9 @@ def mark_fired(cur: Cursor, timers: Iterable[Timer], at: datetime) -> None:
 
 
 def next_due(cur: Cursor) -> datetime | None:
-    """The earliest due time (UTC) of an unfired timer, None when there is none."""
-    cur.execute("SELECT min(due_at) FROM due_timers WHERE fired_at IS NULL")
+    """The earliest due time (UTC) of an unfired timer that may fire (its campaign is not
+    paused), None when there is none."""
+    cur.execute(f"SELECT min(t.due_at) FROM due_timers t WHERE t.fired_at IS NULL AND {_FIRING}")
     return _rows(cur)[0][0]
 
 

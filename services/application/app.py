@@ -8,6 +8,7 @@ transaction (services/application/unit_of_work.py): a redelivery changes nothing
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -18,10 +19,15 @@ from psycopg import Cursor
 
 from contracts.timers import StepDueV1
 from contracts.topics import UpstreamEvent
-from domain.campaign import Campaign, CampaignDefinition
+from domain.campaign import Campaign, CampaignDefinition, CampaignStatus
+from domain.clinic import Clinic, ClinicSettings, clinic_id_of
 from domain.enrollment import Enrollment
+from domain.stop_rules import StopReason
+from projections import active_enrollments
+from projections.campaign_states import CampaignState
 from projections.inline import InlineEffects
-from services.application.catalog import CampaignCatalog
+from services.application.catalog import CampaignCatalog, UnknownCampaign
+from services.application.definitions import holidays_of
 from services.application.records import ConsumedRecord
 from services.application.unit_of_work import UnitOfWork
 from services.application.upstream_rules import apply_upstream, prefetch_for
@@ -36,7 +42,7 @@ class DripApplication(Application[UUID]):
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__(env)
-        self.campaigns = CampaignCatalog(self)
+        self.campaigns = CampaignCatalog(self, holidays=holidays_of)
 
     # -- the event store, as the unit of work and the catalogue use it -----------------
     def load_aggregates(self, ids: Iterable[UUID]) -> dict[UUID, Aggregate]:
@@ -59,28 +65,102 @@ class DripApplication(Application[UUID]):
     def get_campaign(self, campaign_id: UUID) -> Campaign:
         return self.repository.get(campaign_id)  # type: ignore[no-any-return]
 
-    def campaign_ids_after(self, position: int) -> tuple[list[UUID], int]:
-        """Ids of campaigns defined after notification `position`, and the new position."""
-        head = self.recorder.max_notification_id() or 0  # commit order = id order (its lock)
-        ids: list[UUID] = []
-        while page := self.recorder.select_notifications(
-                position + 1, 1000, stop=head, topics=[CampaignCatalog.defined_topic]):
-            ids += [n.originator_id for n in page]
-            position = page[-1].id
-        return ids, max(position, head)
+    def get_aggregate(self, aggregate_id: UUID) -> Campaign | Clinic:
+        return self.repository.get(aggregate_id)  # type: ignore[no-any-return]
 
-    # -- campaigns ---------------------------------------------------------------------
-    def define_campaign(self, definition: CampaignDefinition, activate: bool = True) -> UUID:
-        """Define (idempotently, by clinic and name) and optionally activate a campaign."""
+    def changed_after(self, position: int, topics: list[str]) -> tuple[list[UUID], int]:
+        """Ids of aggregates with events of `topics` after notification `position`, and the
+        new position."""
+        head = self.recorder.max_notification_id() or 0  # commit order = id order (its lock)
+        ids: dict[UUID, None] = {}
+        while page := self.recorder.select_notifications(position + 1, 1000, stop=head,
+                                                         topics=topics):
+            ids.update(dict.fromkeys(n.originator_id for n in page))
+            position = page[-1].id
+        return list(ids), max(position, head)
+
+    # -- clinics and campaigns (§1, §2) -----------------------------------------------
+    def apply_clinic(self, settings: ClinicSettings) -> str:
+        """Register a clinic or record its changed settings: `registered`, `revised` or
+        `unchanged`. Raises `InvalidClinic`."""
+        try:
+            clinic: Clinic = self.repository.get(clinic_id_of(settings.clinic_id))
+            outcome = "revised" if clinic.revise(settings) else "unchanged"
+        except AggregateNotFoundError:
+            clinic, outcome = Clinic.register(settings), "registered"
+        self.save(clinic)
+        self.campaigns.put_clinic(clinic)
+        return outcome
+
+    def apply_campaign(self, definition: CampaignDefinition) -> tuple[Campaign, str]:
+        """Record a campaign file: a new campaign (`defined`, status draft), a new version
+        of a changed one (`revised`, §2: enrollments in flight keep theirs) or nothing
+        (`unchanged`). Raises `InvalidCampaign`."""
         try:
             campaign: Campaign = self.repository.get(definition.id)
+            outcome = "revised" if campaign.revise(definition) else "unchanged"
         except AggregateNotFoundError:
-            campaign = Campaign.define(definition)
-        if activate:
-            campaign.activate()
+            campaign, outcome = Campaign.define(definition), "defined"
         self.save(campaign)
         self.campaigns.put(campaign)
+        return campaign, outcome
+
+    def change_status(self, campaign_id: UUID, action: str, at: datetime) -> bool:
+        """`activate`, `pause`, `resume` or `archive` a campaign at `at` (§2 lifecycle);
+        returns whether its status changed. Every process sees it within a second, and the
+        timer service holds or releases the campaign's due steps in the same transaction.
+        Raises `UnknownCampaign`, `InvalidCampaign`, `ValueError` (unknown action)."""
+        try:
+            campaign: Campaign = self.repository.get(campaign_id)
+        except AggregateNotFoundError:
+            raise UnknownCampaign(f"no campaign {campaign_id}") from None
+        match action:
+            case "activate":
+                changed = campaign.activate()
+            case "pause":
+                changed = campaign.pause(at)
+            case "resume":
+                changed = campaign.resume(at)
+            case "archive":
+                changed = campaign.archive(at)
+            case _:
+                raise ValueError(f"unknown lifecycle action {action!r}")
+        effects = InlineEffects(campaign_states=[CampaignState(campaign.id, campaign.status, at)])
+        self.save_with([campaign], effects if changed else InlineEffects())
+        self.campaigns.put(campaign)
+        return changed
+
+    def define_campaign(self, definition: CampaignDefinition, activate: bool = True) -> UUID:
+        """Define (or revise) and optionally activate a campaign (tests and tools)."""
+        campaign, _ = self.apply_campaign(definition)
+        if activate:
+            self.change_status(campaign.id, "activate", datetime.now(UTC))
         return campaign.id
+
+    def migrate(self, campaign_id: UUID, to_version: int, step_map: dict[str, str],
+                at: datetime, page: int = 500) -> int:
+        """Move the campaign's active enrollments to version `to_version` (§2, explicit
+        migration): each records `Migrated` and its pending step is re-timed in the new
+        version. Returns how many moved. Raises `UnknownCampaign`, `InvalidCampaign` (a
+        pending step the new version lacks and `step_map` does not map): nothing moves."""
+        target = self.campaigns.get(campaign_id, to_version)
+        ids = self.query(lambda cur: active_enrollments.of_campaign(cur, campaign_id))
+        names = {s.name for s in target.steps}
+        for start in range(0, len(ids), page):  # all checked before any moves
+            for e in self.load_aggregates(ids[start:start + page]).values():
+                if (isinstance(e, Enrollment) and e.is_active and e.campaign_version != to_version
+                        and step_map.get(e.pending_step, e.pending_step) not in names):
+                    e.migrate(target, step_map, at, "check")  # raises, naming the step
+        moved = 0
+        for start in range(0, len(ids), page):
+            uow = self.unit_of_work()
+            uow.prefetch(ids[start:start + page])
+            for i in ids[start:start + page]:
+                e = uow.get(i)
+                if e is not None:
+                    moved += e.migrate(target, step_map, at, "migrate")
+            uow.commit()
+        return moved
 
     # -- consuming ---------------------------------------------------------------------
     def unit_of_work(self) -> UnitOfWork:
@@ -122,8 +202,7 @@ class DripApplication(Application[UUID]):
             if reason is not None or r.message is None or enrollment is None:
                 uow.dead_letter(consumer, r, reason or "no message")
                 continue
-            enrollment.fire_step(uow.campaign_of(enrollment), r.message.step_index,
-                                 r.message.due_at)
+            _fire(uow, enrollment, r.message)
         uow.commit()
         return uow
 
@@ -133,6 +212,21 @@ class DripApplication(Application[UUID]):
         """Up to `limit` notifications with ids in (after, stop], of `topics` if given."""
         return list(self.recorder.select_notifications(after + 1, limit, stop=stop,
                                                        topics=list(topics)))
+
+
+def _fire(uow: UnitOfWork, enrollment: Enrollment, due: StepDueV1) -> None:
+    """Fire a due step as its campaign's status says (§2): held while paused (the timer
+    is re-armed and fires on resume), the enrollment stopped when archived."""
+    at = due.held_until or due.due_at
+    campaign = uow.campaign_of(enrollment)
+    status = uow.campaigns.status(enrollment.campaign_id, at)
+    if status == CampaignStatus.PAUSED:
+        if enrollment.pending_index == due.step_index and enrollment.pending_due == due.due_at:
+            uow.hold(enrollment)
+    elif status == CampaignStatus.ARCHIVED:
+        enrollment.stop(campaign, StopReason.CAMPAIGN_ARCHIVED, at, "archive")
+    else:
+        enrollment.fire_step(campaign, due.step_index, due.due_at, due.held_until)
 
 
 def _refusal(due: StepDueV1 | None, enrollment: Enrollment | None) -> str | None:

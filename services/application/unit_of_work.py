@@ -9,13 +9,14 @@ consumer's recorded position are skipped, so a redelivery changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 from psycopg import Cursor
 
-from domain.campaign import CampaignDefinition
+from domain.campaign import CampaignDefinition, CampaignStatus
 from domain.enrollment import Enrollment
 from domain.patient import Patient, patient_id_of
 from projections import active_enrollments, consumer_positions
@@ -124,7 +125,20 @@ class UnitOfWork:
             enrollment.id)
 
     def campaign_of(self, enrollment: Enrollment) -> CampaignDefinition:
-        return self.campaigns.get(enrollment.campaign_id)
+        """The version of its campaign the enrollment runs (§2 versions)."""
+        return self.campaigns.get(enrollment.campaign_id, enrollment.campaign_version)
+
+    def catch_up(self, enrollment: Enrollment, until: datetime) -> None:
+        """Send the enrollment's steps due before `until`, unless its campaign is paused
+        (those steps are held until it resumes, §2)."""
+        if self.campaigns.status(enrollment.campaign_id, until) != CampaignStatus.PAUSED:
+            enrollment.catch_up(self.campaign_of(enrollment), until)
+
+    def hold(self, enrollment: Enrollment) -> None:
+        """Re-arm the enrollment's timer unchanged: its step arrived while the campaign was
+        paused, and the timer service fires it again on resume (§2)."""
+        self.enrollments[enrollment.id] = enrollment
+        self.effects.timers.append(self._timer(enrollment))
 
     # -- saving ------------------------------------------------------------------------
     def commit(self) -> int:
@@ -142,11 +156,15 @@ class UnitOfWork:
         self.store.save_with([*changed, *people], self.effects)
         return self.recorded
 
+    @staticmethod
+    def _timer(e: Enrollment) -> Timer:
+        assert e.pending_due is not None
+        return Timer(e.id, e.clinic_id, e.patient_id, e.next_index, e.pending_due, e.campaign_id)
+
     def _mirror(self, e: Enrollment) -> None:
         """The inline rows that follow an enrollment's new state."""
         if e.pending_due is not None:
-            self.effects.timers.append(
-                Timer(e.id, e.clinic_id, e.patient_id, e.next_index, e.pending_due))
+            self.effects.timers.append(self._timer(e))
         else:
             self.effects.timers_done.append(e.id)
         if e.is_active:

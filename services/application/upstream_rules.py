@@ -7,6 +7,8 @@ depends on event times only, never on which topic was consumed first.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, time
+from typing import Any
 
 from contracts.appointments import (
     AppointmentAttended,
@@ -15,11 +17,11 @@ from contracts.appointments import (
     AppointmentMissed,
 )
 from contracts.messages import ReplyReceived
-from contracts.patients import PatientOptedOut
+from contracts.patients import PatientBenefitsUpdated, PatientOptedOut
 from contracts.topics import UpstreamEvent
 from domain.campaign import CampaignDefinition
 from domain.enrollment import Enrollment, enrollment_id
-from domain.schedule import APPOINTMENT_STARTS_AT
+from domain.schedule import APPOINTMENT_STARTS_AT, BENEFITS_EXPIRES_ON
 from domain.stop_rules import StopReason
 from services.application.unit_of_work import UnitOfWork
 
@@ -50,10 +52,10 @@ def refusal(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
 
 def _bound_to(uow: UnitOfWork, clinic_id: str,
               appointment_id: str) -> list[tuple[CampaignDefinition, Enrollment]]:
-    """The enrollments whose subject is this appointment, with their campaigns."""
-    found = ((c, uow.get(enrollment_id(c.id, appointment_id)))
+    """The enrollments whose subject is this appointment, with the campaign versions they run."""
+    found = (uow.get(enrollment_id(c.id, appointment_id))
              for c in uow.campaigns.of_clinic(clinic_id))
-    return [(c, e) for c, e in found if e is not None]
+    return [(uow.campaign_of(e), e) for e in found if e is not None]
 
 
 def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
@@ -69,7 +71,7 @@ def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
             for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
                 campaign = uow.campaign_of(e)
                 if campaign.stops_on(StopReason.APPOINTMENT_BOOKED):
-                    e.catch_up(campaign, ev.time)
+                    uow.catch_up(e, ev.time)
                     e.record_booking(campaign, ev.data.appointment_id, ev.time, ev.id)
         case AppointmentCancelled():
             _stop_appointment(uow, ev, StopReason.APPOINTMENT_CANCELLED)
@@ -80,12 +82,18 @@ def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
             uow.patient_or_new(ev.clinic_id, ev.data.patient_id).opt_out(
                 ev.data.channel, ev.time, ev.id)
             for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
-                e.catch_up(uow.campaign_of(e), ev.time)
+                uow.catch_up(e, ev.time)
                 e.record_opt_out(uow.campaign_of(e), ev.data.channel, ev.time, ev.id)
         case ReplyReceived():
             for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
-                e.catch_up(uow.campaign_of(e), ev.time)
+                uow.catch_up(e, ev.time)
                 e.record_reply(uow.campaign_of(e), ev.data.channel, ev.time, ev.id)
+        case PatientBenefitsUpdated():
+            for e in uow.active_of(ev.clinic_id, ev.data.patient_id):
+                if BENEFITS_EXPIRES_ON in e.dates:  # a wait-until follows its date (§2)
+                    c = uow.campaign_of(e)
+                    uow.catch_up(e, ev.time)
+                    e.reschedule(c, _subject_data(c, ev)[0], ev.time, ev.id)
         case AppointmentMissed():
             pass  # a trigger only
     _enroll(uow, ev)
@@ -104,7 +112,7 @@ def _reschedule(uow: UnitOfWork, ev: AppointmentBooked) -> str | None:
                     f"in {c.name!r} is {e.status}")
         moved.append((c, e))
     for c, e in moved:  # all checked first: a refused event changes nothing
-        e.catch_up(c, ev.time)
+        uow.catch_up(e, ev.time)
         e.reschedule(c, {APPOINTMENT_STARTS_AT: ev.data.starts_at}, ev.time, ev.id)
     return None
 
@@ -114,20 +122,34 @@ def _stop_appointment(uow: UnitOfWork, ev: AppointmentCancelled | AppointmentAtt
     """Stop the enrollments bound to this appointment whose campaign stops on `reason`."""
     for c, e in _bound_to(uow, ev.clinic_id, ev.data.appointment_id):
         if e.is_active and c.stops_on(reason):
-            e.catch_up(c, ev.time)
+            uow.catch_up(e, ev.time)
             e.stop(c, reason, ev.time, ev.id)
 
 
 def _enroll(uow: UnitOfWork, ev: UpstreamEvent) -> None:
     """Enroll into every active campaign this event triggers; duplicates are no-ops (§3)."""
-    for c in uow.campaigns.active(ev.clinic_id, ev.type):
+    for c in uow.campaigns.active(ev.clinic_id, ev.type, ev.time):
         appointment = isinstance(ev, Appointment) and c.subject == "appointment"
         subject = ev.data.appointment_id if appointment else ev.data.patient_id  # type: ignore[union-attr]
         if uow.get(enrollment_id(c.id, subject)) is not None:
             continue
-        starts_at = ev.data.starts_at if isinstance(ev, Appointment) else None
-        dates = {APPOINTMENT_STARTS_AT: starts_at} if starts_at is not None else {}
+        dates, attributes = _subject_data(c, ev)
         patient = uow.patient(ev.clinic_id, ev.data.patient_id)
         uow.add(Enrollment.enroll(c, patient_id=ev.data.patient_id, subject=subject,
                                   at=ev.time, cause=ev.id, dates=dates,
-                                  opt_outs=patient.opt_outs if patient else ()))
+                                  opt_outs=patient.opt_outs if patient else (),
+                                  attributes=attributes))
+
+
+def _subject_data(c: CampaignDefinition, ev: UpstreamEvent,
+                  ) -> tuple[dict[str, datetime], dict[str, Any]]:
+    """The dates (wait-until anchors, UTC) and attributes an event gives its enrollment.
+
+    `benefits.expires_on` (a date) is the start of that day in the clinic's time zone."""
+    if isinstance(ev, Appointment) and ev.data.starts_at is not None:
+        return {APPOINTMENT_STARTS_AT: ev.data.starts_at}, {}
+    if isinstance(ev, PatientBenefitsUpdated):
+        return ({BENEFITS_EXPIRES_ON: c.calendar.at_local(ev.data.expires_on, time(0))},
+                {"benefits.remaining": str(ev.data.remaining),
+                 "benefits.currency": ev.data.currency})
+    return {}, {}

@@ -23,11 +23,14 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.25, 5.0  # seconds
 
 async def run_loop(name: str, round_: Callable[[], Awaitable[int]],
                    idle: Callable[[], Awaitable[None]]) -> None:
-    """`await round_()` until cancelled; `await idle()` after a round that did nothing."""
+    """`await round_()` until cancelled; `await idle()` after a round that did nothing.
+    A transient failure in either (the idle may query: the timer's next due time) is
+    ridden out the same way."""
     backoff = BACKOFF_FIRST
     while True:
         try:
-            done = await round_()
+            if not await round_():
+                await idle()
         except Exception as exc:
             if classify(exc) is not Failure.TRANSIENT:
                 raise
@@ -37,5 +40,3 @@ async def run_loop(name: str, round_: Callable[[], Awaitable[int]],
             backoff = min(backoff * 2, BACKOFF_MAX)
             continue
         backoff = BACKOFF_FIRST
-        if not done:
-            await idle()

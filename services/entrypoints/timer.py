@@ -62,5 +62,6 @@ class TimerService(Relay[list[timers.Timer]]):
 
 def _record(t: timers.Timer) -> Record:
     message = StepDueV1(enrollment_id=t.enrollment_id, clinic_id=t.clinic_id,
-                        patient_id=t.patient_id, step_index=t.step_index, due_at=t.due_at)
+                        patient_id=t.patient_id, step_index=t.step_index, due_at=t.due_at,
+                        held_until=t.held_until)
     return t.patient_id.encode(), message.model_dump_json().encode(), JSON

@@ -16,7 +16,6 @@ from faststream.kafka import TestKafkaBroker
 
 from contracts.timers import StepDueV1
 from contracts.topics import UpstreamEvent
-from domain.templates import appointment_reminders
 from projections import consumer_positions, dead_letters, timers
 from services.application.records import ConsumedRecord
 from services.application.unit_of_work import UnitOfWork
@@ -28,6 +27,7 @@ from services.entrypoints.subscribers import (
     parse_upstream,
 )
 from services.settings import Settings
+from tests.gallery import appointment_reminders
 
 BOOKED = {"id": "e1", "source": "crm", "type": "appointment.booked",
           "time": "2016-04-29T10:00:00Z", "subject": "p1", "clinic_id": "vitoria",
@@ -47,7 +47,7 @@ def booking(offset: int, appointment: str) -> ConsumedRecord[UpstreamEvent]:
 @pytest.fixture
 def services(settings: Settings) -> Iterator[Services]:
     built = build(settings)
-    built.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    built.app.define_campaign(appointment_reminders())
     yield built
     built.close()
 

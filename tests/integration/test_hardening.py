@@ -20,7 +20,6 @@ from cloudevents.core.bindings.kafka import to_binary, to_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from domain.templates import appointment_reminders
 from projections import dead_letters
 from services.adapters.clock import WallClock
 from services.application.records import ConsumedRecord
@@ -28,6 +27,7 @@ from services.bootstrap import Services, build
 from services.entrypoints.subscribers import parse_upstream
 from services.runtime import running
 from services.settings import Settings
+from tests.gallery import appointment_reminders
 from tests.integration.test_pipeline import read_topic
 
 STARTS = "2030-05-04T13:00:00Z"
@@ -43,7 +43,7 @@ def booked(event_id: str, patient: str, appointment: str, time: str = "2030-04-2
 
 def wall_services(settings: Settings) -> Services:
     services = build(settings, WallClock())
-    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    services.app.define_campaign(appointment_reminders())
     return services
 
 
@@ -158,7 +158,7 @@ async def test_drip_creates_its_topics_with_the_configured_partitions(settings: 
 async def test_idle_loops_sleep_and_a_notify_wakes_them(settings: Settings) -> None:
     # issue 6 §5: it used to run ~900 transactions/s with nothing to do
     services = build(settings.model_copy(update={"idle_seconds": 30.0}), WallClock())
-    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    services.app.define_campaign(appointment_reminders())
     rounds = 0
     relay_once = services.timer.relay_once
 

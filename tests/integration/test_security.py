@@ -13,13 +13,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from domain.templates import appointment_reminders
 from services.adapters.clock import WallClock
 from services.adapters.kafka_security import client_options
 from services.bootstrap import build
 from services.devtools import infra
 from services.runtime import running
 from services.settings import Settings
+from tests.gallery import appointment_reminders
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def test_drip_runs_over_a_scram_listener(settings: Settings,
                                                scram: tuple[str, str, str]) -> None:
     secured = scram_settings(settings, scram)
     services = build(secured, WallClock())
-    services.app.define_campaign(appointment_reminders("vitoria", "America/Sao_Paulo"))
+    services.app.define_campaign(appointment_reminders())
     now = datetime.now(UTC)  # the confirmation falls due at once on the wall clock
     booking = {"specversion": "1.0", "id": "e1", "source": "crm",
                "type": "appointment.booked", "time": now.isoformat(), "subject": "p1",

@@ -108,3 +108,11 @@ def test_a_local_time_wait_lands_at_that_local_time_on_that_date(zone: str, day:
         naive = datetime.combine(day, at)
         shifted = landed.replace(tzinfo=None) - naive
         assert timedelta(0) < shifted <= timedelta(hours=2)
+
+
+def test_a_skipped_local_time_moves_forward_whatever_its_fold() -> None:
+    """Found by hypothesis: 01:00 with fold=1 in Lisbon's 2000-03-26 gap (01:00→02:00)
+    went back to 00:00 local; a skipped time always moves forward by the gap."""
+    calendar = ClinicCalendar("Europe/Lisbon")
+    landed = calendar.local(calendar.at_local(date(2000, 3, 26), time(1, 0, fold=1)))
+    assert landed.replace(tzinfo=None) == datetime(2000, 3, 26, 2, 0)

@@ -11,10 +11,10 @@ from domain.enrollment import Enrollment, enrollment_id
 from domain.errors import InvalidCampaign
 from domain.schedule import Wait
 from domain.stop_rules import StopReason
-from domain.templates import appointment_reminders, no_show_recovery
+from tests.gallery import appointment_reminders, no_show_recovery
 
-REMINDERS = appointment_reminders("vitoria", "America/Sao_Paulo")
-RECOVERY = no_show_recovery("vitoria", "America/Sao_Paulo")
+REMINDERS = appointment_reminders()
+RECOVERY = no_show_recovery()
 STARTS = datetime(2016, 5, 10, 13, 0, tzinfo=UTC)
 H = timedelta(hours=1)
 

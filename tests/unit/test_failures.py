@@ -90,3 +90,24 @@ def test_a_client_complaint_repeated_during_an_outage_is_logged_once_per_interva
         logger.error("another complaint")
     assert [r.getMessage() for r in caplog.records] == [
         "Unable connect to node with id 0", "another complaint"]
+
+
+async def test_a_transient_failure_while_idling_is_ridden_out(monkeypatch) -> None:
+    """Found by the fault suite: PostgreSQL restarted while the timer read its next due
+    time in `idle()`, and the timer loop died."""
+    monkeypatch.setattr(loop, "BACKOFF_FIRST", 0.001)
+    idles: list[int] = []
+
+    async def round_() -> int:
+        if len(idles) == 3:
+            raise asyncio.CancelledError
+        return 0
+
+    async def idle() -> None:
+        idles.append(1)
+        if len(idles) == 1:
+            raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run_loop("test", round_, idle)
+    assert len(idles) == 3

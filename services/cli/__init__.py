@@ -22,12 +22,15 @@ from rich.table import Table
 
 from projections import campaign_stats, dead_letters, schema
 from services.bootstrap import asyncapi_document, build, build_pool
+from services.cli.campaigns import campaign_app, clinic_app
 from services.settings import Settings
 
 app = typer.Typer(help="drip: event-sourced drip campaigns on Kafka and PostgreSQL.",
                   no_args_is_help=True)
 infra_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL, on loopback.")
 app.add_typer(infra_app, name="infra")
+app.add_typer(clinic_app, name="clinic")
+app.add_typer(campaign_app, name="campaign")
 console = Console()
 
 
@@ -85,6 +88,14 @@ def print_report(report: dict[str, Any]) -> None:
                       "", "", f"{sum(c['stopped'].values()):,}")
         for step, n in c["steps"].items():
             table.add_row(f"  {step}", "", "", f"{n['sent']:,}", f"{n['skipped']:,}", "")
+        for split, variants in c.get("variants", {}).items():
+            for variant, v in variants.items():
+                sent = sum(v["sent"].values())
+                table.add_row(f"  {split} = {variant}", f"{v['assigned']:,}", "", f"{sent:,}",
+                              "", "")
+        for step, outcomes in c.get("branches", {}).items():
+            for outcome, n in outcomes.items():
+                table.add_row(f"  {step} → {outcome}", f"{n:,}", "", "", "", "")
     console.print(table)
     stops = "; ".join(f"{name}: {reason} {n:,}" for name, c in report["campaigns"].items()
                       for reason, n in sorted(c["stopped"].items())) or "none"
@@ -111,21 +122,60 @@ def demo(
         help="Appointments CSV (default: DRIP_DATASET_CSV)")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
 ) -> None:
-    """Start everything, replay real appointments through two campaigns, print the report."""
-    from services.devtools.demo import run_demo
+    """Start everything, replay real appointments through the two demo campaigns
+    (campaigns/appointment-reminders.yaml, campaigns/no-show-recovery.yaml), print the
+    report: the backtest of those two files."""
+    from services.devtools.demo import DEMO_CAMPAIGNS, DEMO_CLINIC
 
+    _backtest(list(DEMO_CAMPAIGNS), DEMO_CLINIC, csv, limit, as_json=False)
+
+
+@app.command()
+def backtest(
+    campaigns: Annotated[list[Path], typer.Argument(help="Campaign files (YAML or JSON)")],
+    clinic: Annotated[Path | None, typer.Option(
+        help="Clinic file (default: campaigns/clinics/vitoria.yaml, the data set's clinic)")] = None,
+    csv: Annotated[Path | None, typer.Option(
+        help="Appointments CSV (default: DRIP_DATASET_CSV)")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON")] = False,
+) -> None:
+    """Run campaign files (drafts too) over recorded history from empty state, through the
+    real services on a simulated clock, and print the funnel they would have produced:
+    enrolled, sent and skipped per step, stopped by reason, per variant. Resets the
+    database and topics it is pointed at."""
+    from services.devtools.demo import DEMO_CLINIC
+
+    _backtest(campaigns, clinic or DEMO_CLINIC, csv, limit, as_json)
+
+
+def _backtest(campaigns: list[Path], clinic: Path, csv: Path | None, limit: int | None,
+              as_json: bool) -> None:
+    from services.application.definitions import DefinitionError
+    from services.devtools.demo import load_definitions, run_demo
+
+    try:
+        load_definitions(campaigns, clinic)  # refuse a bad file before starting anything
+    except DefinitionError as exc:
+        for line in exc.problems:
+            console.print(f"[red]error[/red] {line}", highlight=False)
+        raise typer.Exit(2) from None
     settings = settings_with_local_stack()
     path = csv or settings.dataset_csv
     if path is None:
         raise typer.BadParameter("give --csv PATH or set DRIP_DATASET_CSV", param_hint="--csv")
     with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  disable=as_json) as bar:
         def progress(total: int) -> Callable[[int], None]:
             task = bar.add_task("upstream events handled", total=total)
             return lambda n: bar.advance(task, n)
-        result = run_demo(settings, path, limit, progress)
+        result = run_demo(settings, path, limit, progress, campaigns, clinic)
     with build_pool(settings) as pool:
         report = read_report(pool)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
     outcomes = sum(n["sent"] + n["skipped"] for c in report["campaigns"].values()
                    for n in c["steps"].values())
     r, per_s = result.replay, 1 / max(result.replay.seconds, 1e-9)

@@ -1,0 +1,5 @@
+"""`python -m services.cli`: the drip command."""
+
+from services.cli import app
+
+app()
