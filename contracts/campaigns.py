@@ -103,6 +103,8 @@ class SendSpec(Spec):
     subject: str | None = Field(None, max_length=500, description="E-mail subject template")
     template: str | None = Field(None, max_length=200, description="Template id for gateways")
     next: Name | None = Field(None, description="The step after this one (`end` to finish)")
+    on_failure: Literal["continue", "stop"] = Field(
+        "continue", description="When delivery fails for good (§6): go on, or stop")
 
     @model_validator(mode="after")
     def _email_has_subject(self) -> SendSpec:
@@ -194,6 +196,8 @@ class ClinicSpec(Spec):
     name: str = Field(min_length=1, max_length=200)
     time_zone: str = Field(description="IANA time zone, e.g. America/Sao_Paulo")
     locale: str = Field("pt_BR", pattern=r"^[a-z]{2}([_-][A-Z]{2})?$")
+    phone: str = Field("", max_length=40, description="The clinic's phone (merge field)")
+    booking_url: str = Field("", max_length=500, description="Where patients book (merge field)")
     business_hours: BusinessHours = Field(default_factory=BusinessHours)
     holidays: HolidaySource | None = None
     closed_on: list[date] = Field(default_factory=list)

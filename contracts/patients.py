@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from contracts.envelope import Contract, Envelope, Id
 
@@ -45,3 +45,28 @@ class PatientBenefitsUpdated(Envelope[PatientBenefitsUpdatedV1]):
     benefits-expiry outreach; a new date re-times a waiting reminder, §2)."""
 
     type: Literal["patient.benefits_updated"] = "patient.benefits_updated"
+
+
+E164 = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
+"""A phone number in E.164 form: `+` and 7 to 15 digits."""
+Email = Annotated[str, StringConstraints(max_length=254,
+                                         pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s]+$")]
+
+
+class PatientUpdatedV1(Contract):
+    """What the CRM knows about a patient; drip keeps the latest (contact points for the
+    gateways, §6; merge fields for templates). A field left out is unchanged."""
+
+    patient_id: Id = Field(description="Opaque patient id")
+    first_name: str | None = Field(None, max_length=100)
+    last_name: str | None = Field(None, max_length=100)
+    language: str | None = Field(None, pattern=r"^[a-z]{2}([_-][A-Z]{2})?$")
+    email: Email | None = Field(None, description="E-mail contact point")
+    phone: E164 | None = Field(None, description="SMS contact point (E.164)")
+    whatsapp: E164 | None = Field(None, description="WhatsApp contact point (E.164)")
+
+
+class PatientUpdated(Envelope[PatientUpdatedV1]):
+    """The patient's details or contact points changed (§9 `patient.updated`)."""
+
+    type: Literal["patient.updated"] = "patient.updated"

@@ -13,10 +13,10 @@ from contracts.appointments import (
 )
 from contracts.envelope import Envelope
 from contracts.messages import ReplyReceived
-from contracts.patients import PatientBenefitsUpdated, PatientOptedOut
+from contracts.patients import PatientBenefitsUpdated, PatientOptedOut, PatientUpdated
 
 UpstreamEvent = (AppointmentBooked | AppointmentCancelled | AppointmentAttended | AppointmentMissed
-                 | PatientOptedOut | PatientBenefitsUpdated | ReplyReceived)
+                 | PatientOptedOut | PatientBenefitsUpdated | PatientUpdated | ReplyReceived)
 """Every upstream event drip consumes (§9), as its parsed contract class."""
 
 UPSTREAM_SCHEMAS: dict[tuple[str, int], type[Envelope[Any]]] = {
@@ -26,6 +26,7 @@ UPSTREAM_SCHEMAS: dict[tuple[str, int], type[Envelope[Any]]] = {
     ("appointment.missed", 1): AppointmentMissed,
     ("patient.opted_out", 1): PatientOptedOut,
     ("patient.benefits_updated", 1): PatientBenefitsUpdated,
+    ("patient.updated", 1): PatientUpdated,
     ("message.reply_received", 1): ReplyReceived,
 }
 
@@ -57,6 +58,10 @@ class Topics:
         return f"{self.prefix}.dispatch-requests.v1"
 
     @property
+    def receipts(self) -> str:
+        return f"{self.prefix}.receipts.v1"
+
+    @property
     def dead_letters(self) -> str:
         return f"{self.prefix}.dead-letters.v1"
 
@@ -67,7 +72,7 @@ class Topics:
     @property
     def all(self) -> list[str]:
         """Every topic of the deployment."""
-        return [*self.upstream, self.step_due, self.dispatch, self.dead_letters]
+        return [*self.upstream, self.step_due, self.dispatch, self.receipts, self.dead_letters]
 
     def for_type(self, event_type: str) -> str:
         """The upstream topic an event type is published on."""

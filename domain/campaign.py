@@ -60,6 +60,8 @@ class SendStep:
     wait: Wait = AFTER_PREVIOUS
     message: MessageTemplate | None = None
     next: str | None = None
+    on_failure: str = "continue"
+    """§6: when the message fails for good, `continue` the enrollment or `stop` it."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "channel": self.channel,
@@ -68,6 +70,8 @@ class SendStep:
             out["message"] = self.message.to_dict()
         if self.next is not None:
             out["next"] = self.next
+        if self.on_failure != "continue":
+            out["on_failure"] = self.on_failure
         return out
 
     @property
@@ -146,7 +150,8 @@ def step_from_dict(data: Mapping[str, Any]) -> Step:
                                              for v in data["variants"]), wait)
     message = data.get("message")
     return SendStep(data["name"], data["channel"], data["template"], wait,
-                    MessageTemplate.from_dict(message) if message else None, data.get("next"))
+                    MessageTemplate.from_dict(message) if message else None, data.get("next"),
+                    data.get("on_failure", "continue"))
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,8 @@ class CampaignDefinition:
             where = f"step {step.name!r}"
             if isinstance(step, SendStep) and step.channel not in CHANNELS:
                 raise InvalidCampaign(f"{where}: unknown channel {step.channel!r}")
+            if isinstance(step, SendStep) and step.on_failure not in ("continue", "stop"):
+                raise InvalidCampaign(f"{where}: on_failure is continue or stop")
             if isinstance(step, BranchStep):
                 conditions.check(step.condition, f"{where}: condition")
             if isinstance(step, SplitStep) and (

@@ -44,6 +44,8 @@ class ClinicSettings:
     holiday_subdivision: str | None = None
     closed_on: frozenset[date] = frozenset()
     limits: Mapping[str, Any] = field(default_factory=dict)
+    phone: str = ""
+    booking_url: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -67,7 +69,8 @@ class ClinicSettings:
                 "holiday_country": self.holiday_country,
                 "holiday_subdivision": self.holiday_subdivision,
                 "closed_on": sorted(d.isoformat() for d in self.closed_on),
-                "limits": dict(self.limits)}
+                "limits": dict(self.limits), "phone": self.phone,
+                "booking_url": self.booking_url}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClinicSettings:
@@ -76,7 +79,8 @@ class ClinicSettings:
                    time.fromisoformat(data["closes"]), data.get("holiday_country"),
                    data.get("holiday_subdivision"),
                    frozenset(date.fromisoformat(d) for d in data["closed_on"]),
-                   dict(data.get("limits") or {}))
+                   dict(data.get("limits") or {}), data.get("phone", ""),
+                   data.get("booking_url", ""))
 
 
 def clinic_id_of(clinic_id: str) -> UUID:

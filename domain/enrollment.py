@@ -26,6 +26,10 @@ from domain.errors import InvalidCampaign, MissingDate
 from domain.schedule import APPOINTMENT_STARTS_AT
 from domain.stop_rules import IgnoreReason, SkipReason, StopReason
 
+RECEIPT_EVENTS = {"delivered": "_delivered", "failed": "_failed", "bounced": "_bounced",
+                  "opened": "_opened", "clicked": "_clicked"}
+"""§6 outcomes a gateway reports, and the command recording each."""
+
 
 class EnrollmentStatus(StrEnum):
     """§3: `active` until `completed` (all steps done) or `stopped` (with a reason);
@@ -86,6 +90,7 @@ class Enrollment(Aggregate):
         self.replied = False
         self.sent_steps: list[str] = []
         self.variants: dict[str, str] = {}
+        self.receipts: dict[str, list[str]] = {}
         self.attributes = dict(attributes or {})
 
     # -- creation --------------------------------------------------------------------
@@ -243,6 +248,25 @@ class Enrollment(Aggregate):
         self._stopped(reason.value, at, cause)
         return True
 
+    def record_receipt(self, campaign: CampaignDefinition, step: str, outcome: str,
+                       at: datetime, cause: str, error: str | None = None) -> bool:
+        """A gateway's receipt for the message of `step` (§6): `delivered`, `failed`,
+        `bounced`, `opened` or `clicked`, recorded once per step and outcome, whatever the
+        enrollment's status. A failed or bounced message stops the enrollment
+        (`delivery_failed`) when its send step says `on_failure: stop`. Returns whether
+        it was new. Raises `InvalidCampaign` for an outcome it does not know."""
+        if outcome not in RECEIPT_EVENTS:
+            raise InvalidCampaign(f"unknown delivery outcome {outcome!r}")
+        if step not in self.sent_steps or outcome in self.receipts.get(step, []):
+            return False
+        getattr(self, RECEIPT_EVENTS[outcome])(step, at, cause, error)
+        index = next((i for i, s in enumerate(campaign.steps) if s.name == step), None)
+        sent = campaign.steps[index] if index is not None else None
+        if (outcome in ("failed", "bounced") and isinstance(sent, SendStep)
+                and sent.on_failure == "stop"):
+            self.stop(campaign, StopReason.DELIVERY_FAILED, at, cause)
+        return True
+
     def migrate(self, campaign: CampaignDefinition, step_map: dict[str, str], at: datetime,
                 cause: str) -> bool:
         """Move to `campaign` (another version of the same campaign) at `at` (§2): the
@@ -363,6 +387,29 @@ class Enrollment(Aggregate):
         """Carries who and where, so the dispatcher needs nothing but this event (§6)."""
         self.next_index, self.pending_due, self.last_due = index + 1, None, at
         self.sent_steps = [*self.sent_steps, step]
+
+    @event("MessageDelivered")
+    def _delivered(self, step: str, at: datetime, cause: str, error: str | None) -> None:
+        self._receipt(step, "delivered")
+
+    @event("MessageFailed")
+    def _failed(self, step: str, at: datetime, cause: str, error: str | None) -> None:
+        self._receipt(step, "failed")
+
+    @event("MessageBounced")
+    def _bounced(self, step: str, at: datetime, cause: str, error: str | None) -> None:
+        self._receipt(step, "bounced")
+
+    @event("MessageOpened")
+    def _opened(self, step: str, at: datetime, cause: str, error: str | None) -> None:
+        self._receipt(step, "opened")
+
+    @event("MessageClicked")
+    def _clicked(self, step: str, at: datetime, cause: str, error: str | None) -> None:
+        self._receipt(step, "clicked")
+
+    def _receipt(self, step: str, outcome: str) -> None:
+        self.receipts = {**self.receipts, step: [*self.receipts.get(step, []), outcome]}
 
     @event("DatesChanged")
     def _dates_changed(self, dates: dict[str, datetime], at: datetime, cause: str) -> None:

@@ -17,6 +17,7 @@ class StopReason(StrEnum):
     DEADLINE_PASSED = "deadline_passed"
     CAMPAIGN_ARCHIVED = "campaign_archived"
     MANUAL = "manual"
+    DELIVERY_FAILED = "delivery_failed"
 
 
 class SkipReason(StrEnum):

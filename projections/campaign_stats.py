@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS step_skips (
 """ + add_column("enrollments", "variant", "text")
 
 _STOPS = frozenset(StopReason)
+FUNNEL = ("delivered", "failed", "bounced", "opened", "clicked")
+"""§7 funnel metrics after `sent`; a step has them in the report once any was counted."""
 COLUMNS = ("enrollment_id", "campaign_id", "clinic_id", "patient_id", "subject", "status",
            "stop_reason", "steps_done", "next_step_index", "next_due_at", "started_at",
            "ended_at", "variant")
@@ -166,6 +168,13 @@ def _branch(page: _Page, ev: Any) -> None:
     page.counts[(row["campaign_id"], "branch", f"{ev.step}={'then' if ev.taken else 'else'}")] += 1
 
 
+def _receipt(outcome: str) -> Callable[[_Page, Any], None]:
+    """§6/§7 funnel: a step's delivered, failed, bounced, opened or clicked messages."""
+    def count(page: _Page, ev: Any) -> None:
+        page.counts[(page.row(ev.originator_id)["campaign_id"], outcome, ev.step)] += 1
+    return count
+
+
 def _deferred(page: _Page, ev: Any) -> None:
     page.counts[(page.row(ev.originator_id)["campaign_id"], "deferred", ev.step)] += 1
 
@@ -193,6 +202,11 @@ _HANDLERS: dict[type, Callable[[_Page, Any], None]] = {
     Enrollment.VariantAssigned: _variant,
     Enrollment.BranchTaken: _branch,
     Enrollment.StepDeferred: _deferred,
+    Enrollment.MessageDelivered: _receipt("delivered"),
+    Enrollment.MessageFailed: _receipt("failed"),
+    Enrollment.MessageBounced: _receipt("bounced"),
+    Enrollment.MessageOpened: _receipt("opened"),
+    Enrollment.MessageClicked: _receipt("clicked"),
     Enrollment.Enrolled: _enrolled,
     Enrollment.Ignored: _ignored,
     Enrollment.StepScheduled: _scheduled,
@@ -221,7 +235,9 @@ def report(cur: Cursor) -> dict[str, Any]:
     """The `drip report --json` shape, read from the tables only.
 
     `{"campaigns": {name: {"enrolled", "completed", "stopped": {reason: n},
-      "steps": {step: {"sent", "skipped"}}}}, "ignored": {reason: n}}`; a campaign with
+      "steps": {step: {"sent", "skipped"}}}}, "ignored": {reason: n}}`; a step with
+    delivery receipts also has `"delivered"`, `"failed"`, `"bounced"`, `"opened"`,
+    `"clicked"` (the §7 funnel, those counted so far); a campaign with
     splits, branches or held steps also has `"variants": {split: {variant: {"assigned",
     "sent": {step: n}}}}`, `"branches": {step: {"then"|"else": n}}`, `"deferred": {step: n}`.
     """
@@ -257,4 +273,6 @@ def report(cur: Cursor) -> dict[str, Any]:
             c.setdefault("branches", {}).setdefault(step, {})[outcome] = n
         elif metric == "deferred":
             c.setdefault("deferred", {})[key] = n
+        elif metric in FUNNEL:
+            c["steps"].setdefault(key, {"sent": 0, "skipped": 0})[metric] = n
     return out

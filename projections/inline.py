@@ -16,11 +16,13 @@ from projections import (
     campaign_states,
     consumer_positions,
     dead_letters,
+    gateway_sends,
+    patients,
     timers,
 )
 
 DDL = (consumer_positions.DDL + timers.DDL + active_enrollments.DDL + dead_letters.DDL
-       + campaign_states.DDL)
+       + campaign_states.DDL + patients.DDL + gateway_sends.DDL)
 
 
 @dataclass
@@ -34,6 +36,7 @@ class InlineEffects:
     inactive: list[UUID] = field(default_factory=list)
     dead_letters: list[dead_letters.DeadLetter] = field(default_factory=list)
     campaign_states: list[campaign_states.CampaignState] = field(default_factory=list)
+    patients: list[patients.PatientRow] = field(default_factory=list)
 
     def write(self, cur: Cursor) -> None:
         consumer_positions.write(cur, self.advances)
@@ -41,3 +44,4 @@ class InlineEffects:
         active_enrollments.write(cur, self.active, self.inactive)
         dead_letters.write(cur, self.dead_letters)
         campaign_states.write(cur, self.campaign_states)
+        patients.write(cur, self.patients)

@@ -9,6 +9,7 @@ the timer, the relays, the projector, the replay driver, the report and the rese
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -18,7 +19,7 @@ from faststream.specification import AsyncAPI
 from psycopg_pool import ConnectionPool
 
 from contracts.topics import Topics
-from projections import dead_letters, timers
+from projections import dead_letters, gateway_sends, timers
 from services.adapters.clock import Clock, WallClock
 from services.adapters.kafka_admin import TopicSpec
 from services.adapters.kafka_security import client_options, security
@@ -27,8 +28,10 @@ from services.adapters.log_throttle import throttle_client_logs
 from services.adapters.publisher import BulkPublisher
 from services.application.app import DripApplication
 from services.entrypoints import asyncapi, subscribers
+from services.entrypoints import gateway as gateway_entry
+from services.entrypoints.gateway import Gateway
 from services.entrypoints.projector import Projector
-from services.entrypoints.relays import DeadLetterRelay, Dispatcher
+from services.entrypoints.relays import DeadLetterRelay, Dispatcher, ReceiptRelay
 from services.entrypoints.timer import TimerService
 from services.settings import Settings
 
@@ -46,6 +49,7 @@ class Services:
     timer: TimerService
     dispatcher: Dispatcher
     dead_letter_relay: DeadLetterRelay
+    receipt_relay: ReceiptRelay
     projector: Projector
     breaker: subscribers.Breaker
 
@@ -133,6 +137,9 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> Servi
         dead_letter_relay=DeadLetterRelay(
             pool, publisher, topics.dead_letters,
             LogListener(settings.database_url, dead_letters.CHANNEL), idle_seconds=idle),
+        receipt_relay=ReceiptRelay(
+            pool, publisher, topics.receipts,
+            LogListener(settings.database_url, gateway_sends.CHANNEL), idle_seconds=idle),
         projector=Projector(app, pool, LogListener(settings.database_url,
                                                    app.recorder.channel_name),  # type: ignore[attr-defined]
                             idle_seconds=idle),
@@ -148,3 +155,30 @@ def asyncapi_document(settings: Settings) -> AsyncAPI:
 
     subscribers.register(broker, settings, no_application, subscribers.Breaker())
     return asyncapi.document(broker, Topics(settings.topic_prefix))
+
+
+@dataclass
+class GatewayProcess:
+    """What `drip gateway CHANNEL…` runs: its own broker (one consumer group per channel
+    set), the gateway, and the pools it reads and writes through."""
+
+    settings: Settings
+    app: DripApplication
+    pool: ConnectionPool
+    broker: KafkaBroker
+    gateway: Gateway
+
+    def close(self) -> None:
+        self.pool.close()
+        self.app.close()
+
+
+def build_gateway(settings: Settings, channels: Sequence[str]) -> GatewayProcess:
+    """A gateway for `channels` (`email`, `sms`, `whatsapp`). Raises `ValueError` for a
+    channel without an adapter."""
+    app = build_application(settings)
+    pool = build_pool(settings)
+    broker = build_broker(settings)
+    gateway = Gateway(settings, app, pool, gateway_entry.adapters_for(settings, channels))
+    gateway_entry.register(broker, settings, gateway)
+    return GatewayProcess(settings, app, pool, broker, gateway)

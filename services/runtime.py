@@ -22,7 +22,8 @@ import structlog
 
 from services.adapters import kafka_admin
 from services.adapters.kafka_security import client_options
-from services.bootstrap import Services, topic_specs
+from services.bootstrap import GatewayProcess, Services, topic_specs
+from services.entrypoints.gateway import serve_webhooks
 from services.settings import Settings
 
 log = structlog.get_logger("drip.runtime")
@@ -50,12 +51,13 @@ async def running(services: Services, followers: Followers = "here") -> AsyncIte
         async with asyncio.TaskGroup() as group:
             loops: dict[str, Callable[[], Awaitable[Any]]] = {
                 "timer": services.timer.run, "dead-letter-relay": services.dead_letter_relay.run,
+                "receipt-relay": services.receipt_relay.run,
                 "subscribers": services.breaker.tripped}
             if followers == "here":
                 loops |= {"dispatcher": services.dispatcher.run,
                           "projector": services.projector.run}
             elif followers == "process":
-                loops["drip follow"] = lambda: _child("follow", services.settings)
+                loops["drip follow"] = lambda: child(["follow"], services.settings)
             tasks = [group.create_task(_logged(name, loop), name=name)
                      for name, loop in loops.items()]
             try:
@@ -80,19 +82,20 @@ async def _logged(name: str, loop: Callable[[], Awaitable[Any]]) -> None:
     raise LoopDied(f"{name} returned")
 
 
-async def _child(command: str, settings: Settings) -> None:
-    """`drip COMMAND` as a subprocess with these settings; dies with it."""
+async def child(command: list[str], settings: Settings) -> None:
+    """`drip COMMAND…` as a subprocess with these settings; dies with it (cancelling this
+    terminates it). Raises `LoopDied` when it exits by itself."""
     env = {**os.environ, **settings.as_env()}
-    child = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli",
-                                                 command, env=env)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli",
+                                                   *command, env=env)
     try:
-        code = await child.wait()
+        code = await process.wait()
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
-            child.terminate()
-        await child.wait()
+            process.terminate()
+        await process.wait()
         raise
-    raise LoopDied(f"drip {command} exited with {code}")
+    raise LoopDied(f"drip {' '.join(command)} exited with {code}")
 
 
 def on_signals() -> asyncio.Event:
@@ -135,5 +138,35 @@ async def drain(services: Services) -> None:
         await asyncio.to_thread(services.projector.catch_up)
         await services.dispatcher.drain()
         await services.dead_letter_relay.drain()
+        await services.receipt_relay.drain()
         if (await asyncio.to_thread(app.recorder.max_notification_id) or 0) == last:
             return
+
+
+@contextlib.asynccontextmanager
+async def gateway_running(process: GatewayProcess) -> AsyncIterator[GatewayProcess]:
+    """The gateway's subscriber and its webhook server, running while the body runs."""
+    settings = process.settings
+    await kafka_admin.ensure_topics(settings.kafka_bootstrap, topic_specs(settings),
+                                    client_options(settings))
+    await process.broker.start()
+    try:
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(_logged("webhooks", lambda: serve_webhooks(
+                process.gateway, settings)), name="webhooks")
+            try:
+                yield process
+            finally:
+                await process.broker.stop()
+                task.cancel()
+    finally:
+        await process.broker.stop()
+        await process.gateway.close()
+
+
+async def gateway(process: GatewayProcess) -> None:
+    """A gateway until SIGTERM or SIGINT (`drip gateway CHANNEL…`)."""
+    stop = on_signals()
+    async with gateway_running(process):
+        await stop.wait()
+        log.info("stopping on a signal")

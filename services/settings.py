@@ -40,6 +40,31 @@ class Settings(BaseSettings):
     graceful_seconds: float = Field(15.0, description="How long a stopping consumer lets its "
                                     "in-flight batch finish (seconds)")
     dataset_csv: Path | None = Field(None, description="The appointments CSV `drip demo` replays")
+    # -- channel gateways (§6) --------------------------------------------------------
+    smtp_host: str = Field("127.0.0.1", description="SMTP server of the e-mail gateway")
+    smtp_port: int = Field(2525, description="SMTP port (587 with STARTTLS in production)")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS")
+    smtp_username: str | None = Field(None, description="SMTP AUTH user")
+    smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password")
+    smtp_from: str = Field("drip <no-reply@drip.example>", description="E-mail sender")
+    provider_url: str = Field("http://127.0.0.1:8625", description="HTTP SMS/WhatsApp "
+                              "provider's base URL (POST {url}/v1/messages)")
+    provider_name: str = Field("relay", description="Name of the HTTP provider (receipts, "
+                               "webhook path)")
+    provider_secret: SecretStr = Field(SecretStr("provider-secret"), description="HMAC-SHA256 "
+                                       "key that signs requests to the provider")
+    webhook_secret: SecretStr = Field(SecretStr("webhook-secret"), description="HMAC-SHA256 "
+                                      "key the provider signs delivery callbacks with")
+    gateway_host: str = Field("127.0.0.1", description="Where the gateway's webhook server "
+                              "listens")
+    gateway_port: int = Field(8626, description="Port of the gateway's webhook server")
+    gateway_attempts: int = Field(3, ge=1, description="Attempts per message (§6), then failed")
+    gateway_timeout_seconds: float = Field(5.0, description="Per-attempt timeout (seconds)")
+    gateway_concurrency: int = Field(32, ge=1, description="Messages in flight per gateway")
+    gateway_rate: float = Field(200.0, gt=0, description="Default §5 throughput per clinic and "
+                                "channel (messages per second) across all gateway instances")
+    unsubscribe_url: str = Field("https://drip.example/u", description="Base of the "
+                                 "`unsubscribe_url` merge field")
 
     @property
     def upstream_group(self) -> str:
@@ -50,6 +75,15 @@ class Settings(BaseSettings):
     def step_due_group(self) -> str:
         """Consumer group of the `step.due` subscriber."""
         return f"{self.consumer_prefix}.step-due"
+
+    @property
+    def receipts_group(self) -> str:
+        """Consumer group of the delivery-receipt subscriber."""
+        return f"{self.consumer_prefix}.receipts"
+
+    def gateway_group(self, channels: tuple[str, ...]) -> str:
+        """Consumer group of a gateway for these channels (each set has its own)."""
+        return f"{self.consumer_prefix}.gateway.{'-'.join(sorted(channels))}"
 
     def as_env(self) -> dict[str, str]:
         """These settings as `DRIP_*` variables, secrets included (for a child process)."""

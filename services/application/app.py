@@ -17,6 +17,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Notification
 from psycopg import Cursor
 
+from contracts.receipts import DeliveryReceiptV1
 from contracts.timers import StepDueV1
 from contracts.topics import UpstreamEvent
 from domain.campaign import Campaign, CampaignDefinition, CampaignStatus
@@ -206,6 +207,30 @@ class DripApplication(Application[UUID]):
         uow.commit()
         return uow
 
+    def handle_receipts(self, consumer: str,
+                        batch: Sequence[ConsumedRecord[DeliveryReceiptV1]]) -> UnitOfWork:
+        """Record gateways' delivery receipts on their enrollments (§6): each outcome of a
+        step once; a hard bounce invalidates the patient's contact point for that channel.
+        A receipt for another clinic or for no enrollment is dead-lettered (§1)."""
+        uow = self.unit_of_work()
+        fresh = uow.fresh(consumer, batch)
+        uow.prefetch(r.message.enrollment_id for r in fresh if r.message is not None)
+        for r in fresh:
+            receipt = r.message
+            enrollment = uow.get(receipt.enrollment_id) if receipt is not None else None
+            reason = r.error or _refusal(receipt, enrollment)
+            if reason is not None or receipt is None or enrollment is None:
+                uow.dead_letter(consumer, r, reason or "no message")
+                continue
+            enrollment.record_receipt(uow.campaign_of(enrollment), receipt.step,
+                                      receipt.outcome, receipt.at, receipt.idempotency_key,
+                                      receipt.error)
+            if receipt.outcome == "bounced" and receipt.permanent:
+                uow.patient_or_new(receipt.clinic_id, receipt.patient_id).invalidate_contact(
+                    receipt.channel, receipt.at, receipt.error or "hard bounce")
+        uow.commit()
+        return uow
+
     # -- following the log -------------------------------------------------------------
     def notifications(self, after: int, limit: int, topics: Sequence[str] = (),
                       stop: int | None = None) -> list[Notification]:
@@ -229,8 +254,9 @@ def _fire(uow: UnitOfWork, enrollment: Enrollment, due: StepDueV1) -> None:
         enrollment.fire_step(campaign, due.step_index, due.due_at, due.held_until)
 
 
-def _refusal(due: StepDueV1 | None, enrollment: Enrollment | None) -> str | None:
-    """Why a well-formed `step.due` cannot apply, if it cannot (§1 tenancy)."""
+def _refusal(due: StepDueV1 | DeliveryReceiptV1 | None,
+             enrollment: Enrollment | None) -> str | None:
+    """Why a well-formed `step.due` or receipt cannot apply, if it cannot (§1 tenancy)."""
     if due is None:
         return None
     if enrollment is None:

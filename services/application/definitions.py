@@ -120,7 +120,8 @@ def clinic_settings(spec: ClinicSpec) -> ClinicSettings:
         closes=hours.closes,
         holiday_country=spec.holidays.country if spec.holidays else None,
         holiday_subdivision=spec.holidays.subdivision if spec.holidays else None,
-        closed_on=frozenset(spec.closed_on), limits=spec.limits.model_dump(mode="json"))
+        closed_on=frozenset(spec.closed_on), limits=spec.limits.model_dump(mode="json"),
+        phone=spec.phone, booking_url=spec.booking_url)
 
 
 @lru_cache(maxsize=64)
@@ -209,7 +210,8 @@ def compile_campaign(spec: CampaignSpec, clinic: ClinicSettings | None,
 def _step(item: SendSpec | BranchSpec | SplitSpec, wait: Wait, campaign: str) -> Step:
     if isinstance(item, SendSpec):
         return SendStep(item.send, item.channel, item.template or f"{campaign}/{item.send}",
-                        wait, MessageTemplate(item.body, item.subject), item.next)
+                        wait, MessageTemplate(item.body, item.subject), item.next,
+                        item.on_failure)
     if isinstance(item, BranchSpec):
         return BranchStep(item.branch, item.if_, item.then, item.else_, wait)
     return SplitStep(item.split, tuple(Variant(v.name, v.weight, v.goto)

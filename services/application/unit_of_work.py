@@ -24,6 +24,7 @@ from projections.active_enrollments import Active
 from projections.consumer_positions import Advance
 from projections.dead_letters import DeadLetter
 from projections.inline import InlineEffects
+from projections.patients import PatientRow
 from projections.timers import Timer
 from services.application.catalog import CampaignCatalog
 from services.application.records import ConsumedRecord
@@ -152,6 +153,10 @@ class UnitOfWork:
         for e in changed:
             self._mirror(e)
         people = [p for p in self.patients.values() if p is not None and p.pending_events]
+        self.effects.patients += [
+            PatientRow(p.clinic_id, p.patient_id, p.details, p.invalid_contacts) for p in people
+            if any(type(ev).__name__ in ("DetailsUpdated", "ContactInvalidated")
+                   for ev in p.pending_events)]
         self.recorded = sum(len(a.pending_events) for a in [*changed, *people])
         self.store.save_with([*changed, *people], self.effects)
         return self.recorded

@@ -17,7 +17,7 @@ from contracts.appointments import (
     AppointmentMissed,
 )
 from contracts.messages import ReplyReceived
-from contracts.patients import PatientBenefitsUpdated, PatientOptedOut
+from contracts.patients import PatientBenefitsUpdated, PatientOptedOut, PatientUpdated
 from contracts.topics import UpstreamEvent
 from domain.campaign import CampaignDefinition
 from domain.enrollment import Enrollment, enrollment_id
@@ -94,6 +94,10 @@ def apply_upstream(uow: UnitOfWork, ev: UpstreamEvent) -> str | None:
                     c = uow.campaign_of(e)
                     uow.catch_up(e, ev.time)
                     e.reschedule(c, _subject_data(c, ev)[0], ev.time, ev.id)
+        case PatientUpdated():
+            details = ev.data.model_dump(exclude={"patient_id"}, exclude_none=True)
+            uow.patient_or_new(ev.clinic_id, ev.data.patient_id).update_details(
+                details, ev.time, ev.id)
         case AppointmentMissed():
             pass  # a trigger only
     _enroll(uow, ev)

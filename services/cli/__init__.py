@@ -80,22 +80,26 @@ def read_report(pool: ConnectionPool) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     table = Table(title="drip report (from the PostgreSQL projections)")
     table.add_column("campaign / step", no_wrap=True)
-    for col in ("enrolled", "completed", "sent", "skipped"):
+    funnel = [m for m in ("delivered", "failed", "bounced", "opened", "clicked")
+              if any(m in n for c in report["campaigns"].values() for n in c["steps"].values())]
+    for col in ("enrolled", "completed", "sent", "skipped", *funnel):
         table.add_column(col, justify="right")
     table.add_column("stopped", justify="right")
+    blank = [""] * len(funnel)
     for name, c in report["campaigns"].items():
         table.add_row(f"[bold]{name}[/bold]", f"{c['enrolled']:,}", f"{c['completed']:,}",
-                      "", "", f"{sum(c['stopped'].values()):,}")
+                      "", "", *blank, f"{sum(c['stopped'].values()):,}")
         for step, n in c["steps"].items():
-            table.add_row(f"  {step}", "", "", f"{n['sent']:,}", f"{n['skipped']:,}", "")
+            table.add_row(f"  {step}", "", "", f"{n['sent']:,}", f"{n['skipped']:,}",
+                          *(f"{n.get(m, 0):,}" for m in funnel), "")
         for split, variants in c.get("variants", {}).items():
             for variant, v in variants.items():
                 sent = sum(v["sent"].values())
                 table.add_row(f"  {split} = {variant}", f"{v['assigned']:,}", "", f"{sent:,}",
-                              "", "")
+                              "", *blank, "")
         for step, outcomes in c.get("branches", {}).items():
             for outcome, n in outcomes.items():
-                table.add_row(f"  {step} → {outcome}", f"{n:,}", "", "", "", "")
+                table.add_row(f"  {step} → {outcome}", f"{n:,}", "", "", "", *blank, "")
     console.print(table)
     stops = "; ".join(f"{name}: {reason} {n:,}" for name, c in report["campaigns"].items()
                       for reason, n in sorted(c["stopped"].items())) or "none"
@@ -121,13 +125,19 @@ def demo(
     csv: Annotated[Path | None, typer.Option(
         help="Appointments CSV (default: DRIP_DATASET_CSV)")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
+    deliver: Annotated[bool, typer.Option(
+        help="Also deliver every message through the gateways to local sinks (§6)")] = False,
+    failure_rate: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="With --deliver: share of first attempts the HTTP provider "
+                               "fails with a 503 (retried)")] = 0.05,
 ) -> None:
     """Start everything, replay real appointments through the two demo campaigns
     (campaigns/appointment-reminders.yaml, campaigns/no-show-recovery.yaml), print the
     report: the backtest of those two files."""
     from services.devtools.demo import DEMO_CAMPAIGNS, DEMO_CLINIC
 
-    _backtest(list(DEMO_CAMPAIGNS), DEMO_CLINIC, csv, limit, as_json=False)
+    _backtest(list(DEMO_CAMPAIGNS), DEMO_CLINIC, csv, limit, as_json=False, deliver=deliver,
+              failure_rate=failure_rate)
 
 
 @app.command()
@@ -150,7 +160,7 @@ def backtest(
 
 
 def _backtest(campaigns: list[Path], clinic: Path, csv: Path | None, limit: int | None,
-              as_json: bool) -> None:
+              as_json: bool, deliver: bool = False, failure_rate: float = 0.0) -> None:
     from services.application.definitions import DefinitionError
     from services.devtools.demo import load_definitions, run_demo
 
@@ -170,7 +180,8 @@ def _backtest(campaigns: list[Path], clinic: Path, csv: Path | None, limit: int 
         def progress(total: int) -> Callable[[int], None]:
             task = bar.add_task("upstream events handled", total=total)
             return lambda n: bar.advance(task, n)
-        result = run_demo(settings, path, limit, progress, campaigns, clinic)
+        result = run_demo(settings, path, limit, progress, campaigns, clinic, deliver,
+                          failure_rate)
     with build_pool(settings) as pool:
         report = read_report(pool)
     if as_json:
@@ -186,6 +197,24 @@ def _backtest(campaigns: list[Path], clinic: Path, csv: Path | None, limit: int 
         f"{result.domain_events:,} domain events ({result.domain_events * per_s:,.0f}/s); "
         f"{r.fired:,} timers fired; {result.dispatched:,} dispatch requests")
     print_report(report)
+    if result.delivered is not None:
+        print_delivery(result.delivered)
+
+
+def print_delivery(d: Any) -> None:
+    """The gateways' outcomes per channel and what the local sinks received."""
+    table = Table(title="delivery (gateways → local sinks)")
+    for col in ("channel", "sent", "failed", "still sending"):
+        table.add_column(col, justify="right" if col != "channel" else "left")
+    for channel, states in sorted(d.ledger.items()):
+        table.add_row(channel, f"{states.get('sent', 0):,}", f"{states.get('failed', 0):,}",
+                      f"{states.get('sending', 0):,}")
+    console.print(table)
+    console.print(
+        f"SMTP sink: {d.email_unique:,} messages by Message-ID, {d.email_duplicates:,} "
+        f"duplicates; HTTP provider: {d.provider_unique:,} messages by Idempotency-Key, "
+        f"{d.provider_duplicates:,} duplicates, {d.provider_attempts:,} requests, "
+        f"{d.callbacks:,} delivery callbacks; gateway attempts {d.gateway_attempts:,}")
 
 
 @app.command()
@@ -202,6 +231,21 @@ def follow_log() -> None:
     from services.runtime import follow
 
     _run(follow, build(Settings()))
+
+
+@app.command("gateway")
+def gateway_command(channels: Annotated[list[str], typer.Argument(
+        help="Channels this gateway delivers: email, sms, whatsapp")]) -> None:
+    """Deliver dispatch requests of these channels (§6): e-mail over SMTP, SMS and WhatsApp
+    through the HTTP provider; delivery callbacks on POST /webhooks/{provider}."""
+    from services.bootstrap import build_gateway
+    from services.runtime import gateway
+
+    try:
+        process = build_gateway(Settings(), channels)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="CHANNELS") from None
+    _run(gateway, process)
 
 
 @app.command()

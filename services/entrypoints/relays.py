@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 from contracts import dead_letters as dlq
 from contracts.messages import DispatchRequestedV1
 from domain.enrollment import Enrollment
-from projections import dead_letters, log_positions
+from projections import dead_letters, gateway_sends, log_positions
 from services.adapters.log_listener import LogListener
 from services.adapters.publisher import BulkPublisher, Record
 from services.application.app import DripApplication
@@ -151,3 +151,17 @@ def _dead_letter_record(d: dead_letters.DeadLetter) -> Record:
         (dlq.ORIGIN_PARTITION, str(d.partition).encode()),
         (dlq.ORIGIN_OFFSET, str(d.offset).encode()), (dlq.CONSUMER, d.consumer.encode())]
     return d.key, d.value, [*d.headers, *added]
+
+
+class ReceiptRelay(Relay[list[int]]):
+    """Publishes the gateways' receipts (`gateway_receipts`, written with the ledger row
+    they follow) to the receipts topic, keyed by patient id (§6)."""
+
+    name = "receipt-relay"
+
+    def claim(self, cur: psycopg.Cursor[Any]) -> tuple[list[int], list[Record]]:
+        found = gateway_sends.claim_receipts(cur, self.page)
+        return [i for i, _, _ in found], [(p.encode(), r.encode(), JSON) for _, p, r in found]
+
+    def done(self, cur: psycopg.Cursor[Any], claimed: list[int]) -> None:
+        gateway_sends.mark_published(cur, claimed)

@@ -24,6 +24,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import SkipValidation, ValidationError
 
 from contracts.envelope import InvalidMessage, parse_cloudevent
+from contracts.receipts import DeliveryReceiptV1
 from contracts.timers import StepDueV1
 from contracts.topics import UPSTREAM_SCHEMAS, Topics, UpstreamEvent
 from services.adapters.failures import Failure, classify
@@ -87,6 +88,13 @@ def parse_step_due(key: bytes | None, value: bytes | None, headers: Headers) -> 
         return StepDueV1.model_validate_json(value or b"")
     except ValidationError as exc:
         raise InvalidMessage(f"invalid step.due: {exc.errors()[0]['msg']}") from None
+
+
+def parse_receipt(key: bytes | None, value: bytes | None, headers: Headers) -> DeliveryReceiptV1:
+    try:
+        return DeliveryReceiptV1.model_validate_json(value or b"")
+    except ValidationError as exc:
+        raise InvalidMessage(f"invalid receipt: {exc.errors()[0]['msg']}") from None
 
 
 def consumed(records: Sequence[Any],
@@ -202,6 +210,14 @@ def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripAppl
     async def on_upstream(body: SkipValidation[list[UpstreamEvent]], msg: KafkaMessage) -> None:
         await handle_batch(upstream_group, app().handle_upstream,
                            consumed(msg.raw_message, parse_upstream), breaker)  # type: ignore[arg-type]
+
+    receipts_group = settings.receipts_group
+
+    @broker.subscriber(topics.receipts, group_id=receipts_group, title=topics.receipts,
+                       description="Delivery receipts from the channel gateways (§6)", **common)
+    async def on_receipts(body: SkipValidation[list[DeliveryReceiptV1]], msg: KafkaMessage) -> None:
+        await handle_batch(receipts_group, app().handle_receipts,
+                           consumed(msg.raw_message, parse_receipt), breaker)  # type: ignore[arg-type]
 
     @broker.subscriber(topics.step_due, group_id=step_group, title=topics.step_due,
                        description="drip's timers: step.due v1", **common)
