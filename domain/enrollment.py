@@ -260,8 +260,10 @@ class Enrollment(Aggregate):
         if step not in self.sent_steps or outcome in self.receipts.get(step, []):
             return False
         getattr(self, RECEIPT_EVENTS[outcome])(step, at, cause, error)
-        index = next((i for i, s in enumerate(campaign.steps) if s.name == step), None)
-        sent = campaign.steps[index] if index is not None else None
+        try:
+            sent: object = campaign.steps[campaign.index_of(step)]
+        except KeyError:  # a step the version it now runs does not have (migrated)
+            sent = None
         if (outcome in ("failed", "bounced") and isinstance(sent, SendStep)
                 and sent.on_failure == "stop"):
             self.stop(campaign, StopReason.DELIVERY_FAILED, at, cause)

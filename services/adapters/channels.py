@@ -5,7 +5,7 @@ a timeout, a refused connection, 5xx, 429 with its Retry-After) or `PermanentFai
 (never retry: an invalid number, a hard bounce). The gateway adds idempotency, retries,
 rate limits and receipts around it. To plug in a real provider (Twilio, Zenvia, the
 WhatsApp Cloud API), write one class with that method that maps the provider's request,
-response and error codes, and name it in `gateway.adapter_for`.
+response and error codes, and name it in `gateway.adapters_for`.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ class UnitOfWork:
         people = [p for p in self.patients.values() if p is not None and p.pending_events]
         self.effects.patients += [
             PatientRow(p.clinic_id, p.patient_id, p.details, p.invalid_contacts) for p in people
-            if any(type(ev).__name__ in ("DetailsUpdated", "ContactInvalidated")
+            if any(isinstance(ev, Patient.DetailsUpdated | Patient.ContactInvalidated)
                    for ev in p.pending_events)]
         self.recorded = sum(len(a.pending_events) for a in [*changed, *people])
         self.store.save_with([*changed, *people], self.effects)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.message
-import hashlib
 import hmac
 import json
 import logging
@@ -33,6 +32,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from services.adapters.channels import sign
+
 __all__ = ["ProviderSink", "SmtpSink"]
 
 _START_TIMEOUT_S = 10.0
@@ -42,12 +43,22 @@ _CALLBACK_BACKOFF_S = 0.2
 _CALLBACK_TIMEOUT_S = 5.0
 
 
-def _signature(secret: bytes, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+class _KeyCounts:
+    """What a sink received, counted by idempotency key, behind one lock."""
 
+    def __init__(self) -> None:
+        self.by_key: dict[str, int] = {}
+        self._lock = threading.Lock()
 
-def _count(by_key: dict[str, int]) -> tuple[int, int]:
-    return len(by_key), sum(n - 1 for n in by_key.values())
+    def unique(self) -> int:
+        """How many distinct idempotency keys arrived."""
+        with self._lock:
+            return len(self.by_key)
+
+    def duplicates(self) -> int:
+        """How many arrived again for a key already seen: sum(n - 1)."""
+        with self._lock:
+            return sum(n - 1 for n in self.by_key.values())
 
 
 # --------------------------------------------------------------------------------------- SMTP
@@ -74,7 +85,7 @@ class _Controller(Controller):
         super()._trigger_server()
 
 
-class SmtpSink:
+class SmtpSink(_KeyCounts):
     """A real SMTP server (aiosmtpd Controller) on 127.0.0.1 that keeps every message.
 
     - `messages`: every accepted DATA, parsed with `email.policy.default` (`EmailMessage`).
@@ -109,21 +120,8 @@ class SmtpSink:
         self.password = password
         self.bounce_domains = frozenset(d.lower() for d in bounce_domains)
         self.messages: list[email.message.EmailMessage] = []
-        self.by_key: dict[str, int] = {}
-        self._lock = threading.Lock()
+        super().__init__()
         self._controller: _Controller | None = None
-
-    # The counters -------------------------------------------------------------------------
-
-    def unique(self) -> int:
-        """How many distinct idempotency keys arrived."""
-        with self._lock:
-            return _count(self.by_key)[0]
-
-    def duplicates(self) -> int:
-        """How many messages arrived again for a key already seen: sum(n - 1)."""
-        with self._lock:
-            return _count(self.by_key)[1]
 
     # Life cycle ---------------------------------------------------------------------------
 
@@ -217,7 +215,7 @@ def _message_key(message: email.message.EmailMessage) -> str | None:
 # ----------------------------------------------------------------------------- SMS/WhatsApp
 
 
-class ProviderSink:
+class ProviderSink(_KeyCounts):
     """A real HTTP server (FastAPI app served by uvicorn in a background thread) standing in
     for an SMS/WhatsApp provider.
 
@@ -273,14 +271,13 @@ class ProviderSink:
         self.failure_rate = failure_rate
         self.hang_seconds = hang_seconds
         self.hang_first = hang_first
-        self.by_key: dict[str, int] = {}
+        super().__init__()
         self.attempts: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self.callbacks_sent = 0
         self.callbacks_failed = 0
         self._ids: dict[str, str] = {}
         self._random = random.Random(seed)
-        self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -289,18 +286,6 @@ class ProviderSink:
     def url(self) -> str:
         """"http://127.0.0.1:PORT" (the bound port once started)."""
         return f"http://{self.host}:{self.port}"
-
-    # The counters -------------------------------------------------------------------------
-
-    def unique(self) -> int:
-        """How many distinct idempotency keys were accepted."""
-        with self._lock:
-            return _count(self.by_key)[0]
-
-    def duplicates(self) -> int:
-        """How many requests were accepted again for a key already accepted: sum(n - 1)."""
-        with self._lock:
-            return _count(self.by_key)[1]
 
     # Life cycle ---------------------------------------------------------------------------
 
@@ -360,7 +345,7 @@ class ProviderSink:
     async def _handle(self, request: Request) -> JSONResponse:
         raw = await request.body()
         given = request.headers.get("x-drip-signature", "")
-        if not hmac.compare_digest(given.encode(), _signature(self.secret, raw).encode()):
+        if not hmac.compare_digest(given.encode(), sign(self.secret, raw).encode()):
             return _error(401, "invalid signature")
         try:
             payload = json.loads(raw)
@@ -407,7 +392,7 @@ class ProviderSink:
         body = json.dumps({"id": provider_id, "reference": key, "status": "delivered", "at": at},
                           separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json",
-                   "X-Provider-Signature": _signature(self.callback_secret, body)}
+                   "X-Provider-Signature": sign(self.callback_secret, body)}
         async with httpx.AsyncClient(timeout=_CALLBACK_TIMEOUT_S) as client:
             for retry in range(_CALLBACK_RETRIES + 1):
                 if retry:

@@ -62,7 +62,6 @@ from services.adapters.channels import (
     HttpProviderAdapter,
     Message,
     PermanentFailure,
-    Sent,
     SmtpAdapter,
     TransientFailure,
     verify,
@@ -88,7 +87,6 @@ class Gateway:
         self._limiters: dict[tuple[str, str], AsyncLimiter] = {}
         self._outcomes: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
-        self.attempts = 0
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- a batch of dispatch requests ------------------------------------------------------
@@ -149,7 +147,6 @@ class Gateway:
                         timeout=None, wait_initial=0.1, wait_max=5.0, wait_jitter=0.1):
                     with attempt:
                         attempts += 1
-                        self.attempts += 1
                         sent = await self.adapters[request.channel].send(message)
             except TransientFailure as exc:
                 log.warning("delivery failed after retries", key=request.idempotency_key,
@@ -163,11 +160,9 @@ class Gateway:
                                           self.adapters[request.channel].name, None, str(exc),
                                           outcome="bounced" if exc.bounced else "failed",
                                           permanent=True)
-            await self._sent(request, sent, attempts)
-
-    async def _sent(self, request: DispatchRequestedV1, sent: Sent, attempts: int) -> None:
-        await self._finish(request, "sent", attempts, sent.provider, sent.provider_message_id,
-                           None, outcome="delivered" if sent.delivered else None)
+            await self._finish(request, "sent", attempts, sent.provider,
+                               sent.provider_message_id, None,
+                               outcome="delivered" if sent.delivered else None)
 
     async def _finish(self, request: DispatchRequestedV1, state: str, attempts: int,
                       provider: str | None, provider_id: str | None, error: str | None, *,
@@ -217,7 +212,7 @@ class Gateway:
         if enrollment is None:
             raise LookupError(f"unknown enrollment {request.enrollment_id}")
         campaign = self.app.campaigns.get(enrollment.campaign_id, enrollment.campaign_version)
-        step = next(s for s in campaign.steps if s.name == request.step)
+        step = campaign.steps[campaign.index_of(request.step)]
         template = (step.message if isinstance(step, SendStep) and step.message
                     else MessageTemplate(body=request.template))
         rendered = render(template, self._context_of(request, campaign, person, enrollment),
