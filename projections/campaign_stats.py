@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS step_skips (
     campaign_id uuid NOT NULL, step text NOT NULL, reason text NOT NULL, n bigint NOT NULL,
     PRIMARY KEY (campaign_id, step, reason)
 );
-""" + add_column("enrollments", "variant", "text")
+""" + add_column("enrollments", "variant", "text") + add_column("campaigns", "step_names", "jsonb")
 
 _STOPS = frozenset(StopReason)
 FUNNEL = ("delivered", "failed", "bounced", "opened", "clicked")
@@ -91,10 +91,12 @@ class _Page:
     def write(self) -> None:
         if self.campaigns:
             self.cur.executemany(
-                "INSERT INTO campaigns VALUES (%s, %s, %s, %s, %s) ON CONFLICT (campaign_id)"
+                "INSERT INTO campaigns (campaign_id, clinic_id, name, kind, steps, step_names)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (campaign_id)"
                 " DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,"
-                " steps = EXCLUDED.steps",
-                [(c[0], c[1], c[2], c[3], json.dumps(c[4])) for c in self.campaigns])
+                " steps = EXCLUDED.steps, step_names = EXCLUDED.step_names",
+                [(c[0], c[1], c[2], c[3], json.dumps(c[4]), json.dumps(c[5]))
+                 for c in self.campaigns])
         if self.rows:
             cols = ", ".join(COLUMNS)
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[5:])
@@ -119,7 +121,8 @@ def _campaign_defined(page: _Page, ev: Any) -> None:
     """Defined or Revised: the report's step rows are the latest version's send steps."""
     d = ev.definition
     page.campaigns.append((ev.originator_id, d["clinic_id"], d["name"], d["kind"],
-                           [s["name"] for s in d["steps"] if s.get("type", "send") == "send"]))
+                           [s["name"] for s in d["steps"] if s.get("type", "send") == "send"],
+                           [s["name"] for s in d["steps"]]))
 
 
 def _created(page: _Page, ev: Any, status: str) -> dict[str, Any]:
@@ -224,15 +227,24 @@ def progress(steps_done: int, total: int) -> str:
 
 def enrollment_progress(cur: Cursor, enrollment_id: UUID) -> str | None:
     """One enrollment's progress (§3), None when it is unknown."""
-    cur.execute("SELECT e.steps_done, jsonb_array_length(c.steps) FROM enrollments e"
+    cur.execute("SELECT e.steps_done, jsonb_array_length(coalesce(c.step_names, c.steps))"
+                " FROM enrollments e"
                 " JOIN campaigns c USING (campaign_id) WHERE e.enrollment_id = %s",
                 (enrollment_id,))
     found = rows(cur)
     return progress(*found[0]) if found else None
 
 
-def report(cur: Cursor) -> dict[str, Any]:
-    """The `drip report --json` shape, read from the tables only.
+def clinics(cur: Cursor) -> list[str]:
+    """The clinics that have campaigns, in order."""
+    cur.execute("SELECT DISTINCT clinic_id FROM campaigns ORDER BY 1")
+    return [r[0] for r in rows(cur)]
+
+
+def report(cur: Cursor, clinic_id: str | None = None) -> dict[str, Any]:
+    """The `drip report --clinic C --json` shape, read from the tables only: the campaigns
+    of `clinic_id` (all clinics when None: only meaningful with one clinic, as campaigns are
+    keyed by name).
 
     `{"campaigns": {name: {"enrolled", "completed", "stopped": {reason: n},
       "steps": {step: {"sent", "skipped"}}}}, "ignored": {reason: n}}`; a step with
@@ -241,13 +253,16 @@ def report(cur: Cursor) -> dict[str, Any]:
     splits, branches or held steps also has `"variants": {split: {variant: {"assigned",
     "sent": {step: n}}}}`, `"branches": {step: {"then"|"else": n}}`, `"deferred": {step: n}`.
     """
-    cur.execute("SELECT campaign_id, name, steps FROM campaigns ORDER BY name")
+    cur.execute("SELECT campaign_id, name, steps FROM campaigns"
+                " WHERE %(clinic)s::text IS NULL OR clinic_id = %(clinic)s ORDER BY name",
+                {"clinic": clinic_id})
     campaigns = {cid: (name, steps) for cid, name, steps in rows(cur)}
     out: dict[str, Any] = {"campaigns": {}, "ignored": {}}
     for name, steps in campaigns.values():
         out["campaigns"][name] = {"enrolled": 0, "completed": 0, "stopped": {},
                                   "steps": {s: {"sent": 0, "skipped": 0} for s in steps}}
-    cur.execute("SELECT campaign_id, metric, key, n FROM campaign_counts ORDER BY 1, 2, 3")
+    cur.execute("SELECT campaign_id, metric, key, n FROM campaign_counts"
+                " WHERE campaign_id = ANY(%s) ORDER BY 1, 2, 3", (list(campaigns),))
     for cid, metric, key, n in rows(cur):
         c = out["campaigns"][campaigns[cid][0]]
         if metric in ("enrolled", "completed"):

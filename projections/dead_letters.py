@@ -9,12 +9,14 @@ the same transaction as the claim (services/entrypoints/relays.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from psycopg import Cursor
 
+from projections.sql import add_column
 from projections.sql import rows as _rows
 
 DDL = """
@@ -34,7 +36,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_unpublished ON dead_letters (id)
     WHERE published_at IS NULL;
-"""
+""" + (add_column("dead_letters", "created_at", "timestamptz DEFAULT now()")
+       + add_column("dead_letters", "redriven_at", "timestamptz")
+       + add_column("dead_letters", "redriven_to", "text"))
 
 CHANNEL = "drip_dead_letters"
 """NOTIFY channel: written dead letters wake the relay that publishes them."""
@@ -96,3 +100,44 @@ def listing(cur: Cursor, limit: int = 100) -> list[DeadLetter]:
     cur.execute(f"SELECT {COLUMNS} FROM dead_letters ORDER BY topic, partition, \"offset\""
                 " LIMIT %s", (limit,))
     return [_letter(r) for r in _rows(cur)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A dead letter as operators see it (§8): its id, the record, when it was refused and,
+    once redriven, when and to which `topic[partition]@offset`."""
+
+    id: int
+    letter: DeadLetter
+    created_at: datetime | None
+    redriven_at: datetime | None
+    redriven_to: str | None
+
+    @property
+    def clinic_id(self) -> str | None:
+        """The clinic the record names (`clinic_id` or `clinicid` of its JSON), if any."""
+        try:
+            doc = json.loads(self.letter.value or b"")
+        except ValueError:
+            return None
+        found = doc.get("clinic_id") or doc.get("clinicid") if isinstance(doc, dict) else None
+        return str(found) if found is not None else None
+
+
+def entries(cur: Cursor, *, ids: Sequence[int] = (), reason: str | None = None,
+            pending_only: bool = False, limit: int = 1000) -> list[Entry]:
+    """Dead letters by id (oldest first): these `ids`, or those whose reason contains
+    `reason` (case-insensitive), only the ones not redriven yet with `pending_only`."""
+    cur.execute(
+        f"SELECT id, {COLUMNS}, created_at, redriven_at, redriven_to FROM dead_letters"
+        " WHERE (cardinality(%(ids)s::bigint[]) = 0 OR id = ANY(%(ids)s))"
+        " AND (%(reason)s::text IS NULL OR reason ILIKE '%%' || %(reason)s || '%%')"
+        " AND (NOT %(pending)s OR redriven_at IS NULL) ORDER BY id LIMIT %(limit)s",
+        {"ids": list(ids), "reason": reason, "pending": pending_only, "limit": limit})
+    return [Entry(r[0], _letter(r[1:10]), r[10], r[11], r[12]) for r in _rows(cur)]
+
+
+def mark_redriven(cur: Cursor, redriven: Sequence[tuple[int, str]], at: datetime) -> None:
+    """Record that dead letter `id` was republished, as `topic[partition]@offset`."""
+    cur.executemany("UPDATE dead_letters SET redriven_at = %s, redriven_to = %s WHERE id = %s",
+                    [(at, to, i) for i, to in redriven])

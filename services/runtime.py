@@ -22,7 +22,14 @@ import structlog
 
 from services.adapters import kafka_admin
 from services.adapters.kafka_security import client_options
-from services.bootstrap import GatewayProcess, Services, topic_specs
+from services.bootstrap import (
+    GatewayProcess,
+    Services,
+    build_application,
+    build_pool,
+    topic_specs,
+)
+from services.entrypoints.api import create_api, serve_api
 from services.entrypoints.gateway import serve_webhooks
 from services.settings import Settings
 
@@ -111,8 +118,41 @@ async def serve(services: Services) -> None:
     stops (in-flight batches finish and commit), the loops end, producers close."""
     stop = on_signals()
     async with running(services):
-        await stop.wait()
+        api = asyncio.create_task(_logged("api", lambda: serve_api(
+            create_api(services.settings, services.app, services.pool,
+                       http_extras(services.settings, services.pool)), services.settings)))
+        await asyncio.wait([api, asyncio.create_task(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if api.done():
+            api.result()  # it died: say why
+        api.cancel()
         log.info("stopping on a signal")
+
+
+async def api_only(settings: Settings) -> None:
+    """The HTTP API, dashboard and /metrics alone (`drip api`) until SIGTERM or SIGINT."""
+    stop = on_signals()
+    app, pool = build_application(settings), build_pool(settings)
+    try:
+        api = asyncio.create_task(serve_api(create_api(settings, app, pool,
+                                                       http_extras(settings, pool)), settings))
+        await asyncio.wait([api, asyncio.create_task(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if api.done():
+            api.result()
+        api.cancel()
+    finally:
+        pool.close()
+        app.close()
+
+
+def http_extras(settings: Settings, pool: Any) -> list[Any]:
+    """Routers served beside the API: /metrics, /health and /ready when available."""
+    try:
+        from services.entrypoints import metrics
+    except ImportError:  # pragma: no cover - lands with the observability work
+        return []
+    return [metrics.router(settings, pool)]
 
 
 async def follow(services: Services) -> None:

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1, description="Replication factor of drip's topics")
     graceful_seconds: float = Field(15.0, description="How long a stopping consumer lets its "
                                     "in-flight batch finish (seconds)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged")
+    log_format: Literal["console", "json"] = Field(
+        "console", description="`json`: one JSON object per line; `console`: readable lines")
     dataset_csv: Path | None = Field(None, description="The appointments CSV `drip demo` replays")
     # -- channel gateways (§6) --------------------------------------------------------
     smtp_host: str = Field("127.0.0.1", description="SMTP server of the e-mail gateway")
@@ -63,6 +67,9 @@ class Settings(BaseSettings):
     gateway_concurrency: int = Field(32, ge=1, description="Messages in flight per gateway")
     gateway_rate: float = Field(200.0, gt=0, description="Default §5 throughput per clinic and "
                                 "channel (messages per second) across all gateway instances")
+    api_host: str = Field("127.0.0.1", description="Where `drip api` / `drip serve` listen "
+                          "for HTTP (the API, the dashboard, /metrics)")
+    api_port: int = Field(8600, description="Port of the HTTP API")
     unsubscribe_url: str = Field("https://drip.example/u", description="Base of the "
                                  "`unsubscribe_url` merge field")
 

@@ -13,6 +13,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
+from projections import analytics
 from projections.inline import InlineEffects
 from projections.schema import DDL
 from projections.sql import columns
@@ -26,7 +27,7 @@ class DripRecorder(PostgresApplicationRecorder):
     def create_table(self) -> None:
         super().create_table()
         with self.datastore.transaction(commit=True) as cur:
-            cur.execute(DDL)
+            cur.execute(DDL + analytics.VIEWS)
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> None:

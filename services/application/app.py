@@ -22,7 +22,7 @@ from contracts.timers import StepDueV1
 from contracts.topics import UpstreamEvent
 from domain.campaign import Campaign, CampaignDefinition, CampaignStatus
 from domain.clinic import Clinic, ClinicSettings, clinic_id_of
-from domain.enrollment import Enrollment
+from domain.enrollment import Enrollment, enrollment_id
 from domain.stop_rules import StopReason
 from projections import active_enrollments
 from projections.campaign_states import CampaignState
@@ -163,6 +163,70 @@ class DripApplication(Application[UUID]):
             uow.commit()
         return moved
 
+    # -- enrollments by request (the HTTP API, §3) -----------------------------------
+    def enroll(self, clinic_id: str, campaign_id: UUID, patient_id: str, at: datetime,
+               cause: str, *, subject: str | None = None,
+               dates: dict[str, datetime] | None = None,
+               attributes: dict[str, Any] | None = None) -> tuple[Enrollment, bool]:
+        """Enroll one patient into an active campaign of their clinic at `at` (§3), as a
+        trigger would; `subject` is the appointment id of an appointment campaign (else the
+        patient), `dates` its wait-until anchors (UTC). Idempotent: the enrollment id comes
+        from the campaign and subject, so the same request returns the same enrollment
+        (`created` False). Returns `(enrollment, created)`. Raises `UnknownCampaign` (none of
+        this clinic's), `Conflict` (not active; the subject enrolled for another patient)."""
+        campaign = self.campaigns.get(campaign_id)
+        if campaign.clinic_id != clinic_id:
+            raise UnknownCampaign(f"no campaign {campaign_id}")
+        subject = subject or patient_id
+        eid = enrollment_id(campaign.id, subject)
+        uow = self.unit_of_work()
+        uow.prefetch([eid], [(clinic_id, patient_id)])
+        found = uow.get(eid)
+        if found is not None:
+            if found.patient_id != patient_id:
+                raise Conflict(f"{subject!r} is enrolled for another patient")
+            return found, False
+        if self.campaigns.status(campaign_id, at) != CampaignStatus.ACTIVE:
+            raise Conflict(f"campaign {campaign.name!r} is not active")
+        patient = uow.patient(clinic_id, patient_id)
+        enrollment = Enrollment.enroll(campaign, patient_id=patient_id, subject=subject, at=at,
+                                       cause=cause, dates=dict(dates or {}),
+                                       opt_outs=patient.opt_outs if patient else (),
+                                       attributes=attributes)
+        uow.add(enrollment)
+        uow.commit()
+        return enrollment, True
+
+    def unenroll(self, clinic_id: str, eid: UUID, at: datetime, cause: str) -> bool:
+        """Stop an active enrollment by request (§4 reason `manual`); returns whether it was
+        active. Raises `UnknownEnrollment` (none of this clinic's)."""
+        uow = self.unit_of_work()
+        enrollment = uow.get(eid)
+        if enrollment is None or enrollment.clinic_id != clinic_id:
+            raise UnknownEnrollment(f"no enrollment {eid}")
+        if not enrollment.is_active:
+            return False
+        uow.catch_up(enrollment, at)
+        if enrollment.is_active:
+            enrollment.stop(uow.campaign_of(enrollment), StopReason.MANUAL, at, cause)
+        uow.commit()
+        return True
+
+    def history(self, eid: UUID, until: datetime | None = None,
+                ) -> tuple[list[Any], Enrollment | None]:
+        """The enrollment's domain events in order, and the state they produce; with
+        `until`, only the events that happened at or before it (event time, UTC, §8 time
+        travel). `(events, None)` when no event qualifies."""
+        state: Any = None
+        events = []
+        for stored in self.recorder.select_events_of([eid]):  # type: ignore[attr-defined]
+            event = self.mapper.to_domain_event(stored)
+            if until is not None and event_time(event) > until:
+                break
+            events.append(event)
+            state = event.mutate(state)
+        return events, state if isinstance(state, Enrollment) else None
+
     # -- consuming ---------------------------------------------------------------------
     def unit_of_work(self) -> UnitOfWork:
         return UnitOfWork(self, self.campaigns)
@@ -237,6 +301,20 @@ class DripApplication(Application[UUID]):
         """Up to `limit` notifications with ids in (after, stop], of `topics` if given."""
         return list(self.recorder.select_notifications(after + 1, limit, stop=stop,
                                                        topics=list(topics)))
+
+
+class UnknownEnrollment(LookupError):
+    """No enrollment with this id (for this clinic)."""
+
+
+class Conflict(Exception):
+    """A request that contradicts the current state (HTTP 409)."""
+
+
+def event_time(event: Any) -> datetime:
+    """When a domain event happened (its `at`, UTC); its recording time if it has none."""
+    at = getattr(event, "at", None)
+    return at if isinstance(at, datetime) else event.timestamp  # type: ignore[no-any-return]
 
 
 def _fire(uow: UnitOfWork, enrollment: Enrollment, due: StepDueV1) -> None:

@@ -153,6 +153,13 @@ def load_campaign(path: Path, clinic: ClinicSettings | None) -> CampaignDefiniti
     return compile_campaign(read_campaign_spec(path), clinic, str(path))
 
 
+def parse_campaign_spec(document: Any, source: str = "(campaign)") -> CampaignSpec:
+    """A campaign document (parsed JSON/YAML), validated. Raises `DefinitionError`
+    naming `source`, the step and the field."""
+    spec: CampaignSpec = _validated(CampaignSpec, document, source)
+    return spec
+
+
 def read_campaign_spec(path: Path) -> CampaignSpec:
     """A campaign file, validated but not compiled (its clinic is `spec.clinic`)."""
     spec: CampaignSpec = _validated(CampaignSpec, read_document(path), str(path))

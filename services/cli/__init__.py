@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from rich.table import Table
 from projections import campaign_stats, dead_letters, schema
 from services.bootstrap import asyncapi_document, build, build_pool
 from services.cli.campaigns import campaign_app, clinic_app
+from services.cli.dlq import dlq_app, enrollment_app
+from services.logs import configure as configure_logs
 from services.settings import Settings
 
 app = typer.Typer(help="drip: event-sourced drip campaigns on Kafka and PostgreSQL.",
@@ -31,7 +34,15 @@ infra_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL, on loopback.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(clinic_app, name="clinic")
 app.add_typer(campaign_app, name="campaign")
-console = Console()
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(enrollment_app, name="enrollment")
+console = Console(width=None if sys.stdout.isatty() else 160)  # reports are wide; pipes too
+
+
+@app.callback()
+def _configure() -> None:
+    """drip: event-sourced drip campaigns on Kafka and PostgreSQL."""
+    configure_logs(Settings())
 
 
 def settings_with_local_stack() -> Settings:
@@ -68,17 +79,23 @@ def infra_status() -> None:
     infra.run("status")
 
 
-def read_report(pool: ConnectionPool) -> dict[str, Any]:
-    """The report, from the PostgreSQL read models only."""
+def read_report(pool: ConnectionPool, clinic: str | None = None) -> dict[str, Any]:
+    """The report, from the PostgreSQL read models only: one clinic's campaigns (and every
+    dead letter), or `{"clinics": {clinic: report}, "dead_letters": n}`."""
     with pool.connection() as conn, conn.cursor() as cur:
         cur.execute(schema.DDL)  # idempotent: a report before any run is an empty report
-        out = campaign_stats.report(cur)
+        if clinic is not None:
+            out = campaign_stats.report(cur, clinic)
+        else:
+            out = {"clinics": {c: campaign_stats.report(cur, c)
+                               for c in campaign_stats.clinics(cur)}}
         out["dead_letters"] = dead_letters.count(cur)
     return out
 
 
-def print_report(report: dict[str, Any]) -> None:
-    table = Table(title="drip report (from the PostgreSQL projections)")
+def print_report(report: dict[str, Any], clinic: str | None = None) -> None:
+    table = Table(title="drip report (from the PostgreSQL projections)"
+                  + (f": clinic {clinic}" if clinic else ""))
     table.add_column("campaign / step", no_wrap=True)
     funnel = [m for m in ("delivered", "failed", "bounced", "opened", "clicked")
               if any(m in n for c in report["campaigns"].values() for n in c["steps"].values())]
@@ -110,14 +127,21 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 @app.command()
-def report(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False) -> None:
-    """Campaign statistics read from the projections."""
+def report(as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+           clinic: Annotated[str | None, typer.Option(
+               help="Only this clinic (default: every clinic, each apart)")] = None) -> None:
+    """Campaign statistics read from the projections, per clinic."""
     with build_pool(Settings()) as pool:
-        data = read_report(pool)
+        data = read_report(pool, clinic)
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif clinic is not None:
+        print_report(data, clinic)
     else:
-        print_report(data)
+        for name, one in data["clinics"].items():
+            print_report({**one, "dead_letters": data["dead_letters"]}, name)
+        if not data["clinics"]:
+            console.print("no campaigns yet")
 
 
 @app.command()
@@ -182,8 +206,10 @@ def _backtest(campaigns: list[Path], clinic: Path, csv: Path | None, limit: int 
             return lambda n: bar.advance(task, n)
         result = run_demo(settings, path, limit, progress, campaigns, clinic, deliver,
                           failure_rate)
+    from services.application.definitions import load_clinic
+
     with build_pool(settings) as pool:
-        report = read_report(pool)
+        report = read_report(pool, load_clinic(clinic).clinic_id)
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -196,7 +222,7 @@ def _backtest(campaigns: list[Path], clinic: Path, csv: Path | None, limit: int 
         f"{outcomes:,} step outcomes, sent or skipped ({outcomes * per_s:,.0f}/s); "
         f"{result.domain_events:,} domain events ({result.domain_events * per_s:,.0f}/s); "
         f"{r.fired:,} timers fired; {result.dispatched:,} dispatch requests")
-    print_report(report)
+    print_report(report, load_clinic(clinic).clinic_id)
     if result.delivered is not None:
         print_delivery(result.delivered)
 
@@ -214,7 +240,8 @@ def print_delivery(d: Any) -> None:
         f"SMTP sink: {d.email_unique:,} messages by Message-ID, {d.email_duplicates:,} "
         f"duplicates; HTTP provider: {d.provider_unique:,} messages by Idempotency-Key, "
         f"{d.provider_duplicates:,} duplicates, {d.provider_attempts:,} requests, "
-        f"{d.callbacks:,} delivery callbacks; gateway attempts {d.gateway_attempts:,}")
+        f"{d.callbacks:,} delivery callbacks ({d.opened:,} opened, {d.clicked:,} clicked); "
+        f"gateway attempts {d.gateway_attempts:,}")
 
 
 @app.command()
@@ -246,6 +273,16 @@ def gateway_command(channels: Annotated[list[str], typer.Argument(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="CHANNELS") from None
     _run(gateway, process)
+
+
+@app.command("api")
+def api_command() -> None:
+    """Serve the HTTP API, the dashboard and /metrics alone (uvicorn on DRIP_API_HOST:
+    DRIP_API_PORT), without the consumers: commands still go through the event store."""
+    from services.runtime import api_only
+
+    settings = Settings()
+    asyncio.run(api_only(settings))
 
 
 @app.command()

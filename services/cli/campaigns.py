@@ -21,11 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.campaigns import CampaignSpec, ClinicSpec
-from domain.campaign import Campaign, CampaignDefinition, SendStep
-from domain.enrollment import Enrollment
+from domain.campaign import Campaign, CampaignDefinition
 from domain.errors import DomainError
-from domain.schedule import APPOINTMENT_STARTS_AT
-from domain.templating import MERGE_FIELDS, render
+from projections import api_keys
 from services.application.app import DripApplication
 from services.application.catalog import UnknownCampaign
 from services.application.definitions import (
@@ -35,7 +33,8 @@ from services.application.definitions import (
     load_clinic,
     read_campaign_spec,
 )
-from services.bootstrap import build_application
+from services.application.preview import preview
+from services.bootstrap import build_application, build_pool
 from services.settings import Settings
 
 clinic_app = typer.Typer(help="Clinics (§1): time zone, business hours, holidays, limits.",
@@ -96,6 +95,39 @@ def clinic_apply(file: FileArg) -> None:
         with application() as app:
             outcome = app.apply_clinic(settings)
     console.print(f"clinic {settings.clinic_id}: {outcome}")
+
+
+key_app = typer.Typer(help="API keys of a clinic (stored hashed; roles admin, analyst).",
+                      no_args_is_help=True)
+clinic_app.add_typer(key_app, name="key")
+
+
+@key_app.command("create")
+def key_create(clinic: Annotated[str, typer.Argument(help="The clinic id")],
+               role: Annotated[str, typer.Option(help="admin (changes) or analyst (reads)")]
+               = "analyst") -> None:
+    """Create an API key for CLINIC and print it once (only its SHA-256 is stored)."""
+    if role not in api_keys.ROLES:
+        raise typer.BadParameter(f"one of {', '.join(api_keys.ROLES)}", param_hint="--role")
+    settings = Settings()
+    with application() as app:
+        if app.campaigns.clinic(clinic) is None:
+            err.print(f"[red]error[/red] unknown clinic {clinic!r} (drip clinic apply FILE)")
+            raise typer.Exit(3)
+    with build_pool(settings) as pool, pool.connection() as conn, conn.cursor() as cur:
+        key = api_keys.create(cur, clinic, role, datetime.now(UTC))
+    typer.echo(key)
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: Annotated[str, typer.Argument(help="The id: drip_<id>_…")]) -> None:
+    """Revoke a key: it stops working at once."""
+    with build_pool(Settings()) as pool, pool.connection() as conn, conn.cursor() as cur:
+        cur.execute(api_keys.DDL)
+        if not api_keys.revoke(cur, key_id, datetime.now(UTC)):
+            err.print(f"[red]error[/red] no active key {key_id!r}")
+            raise typer.Exit(3)
+    console.print(f"key {key_id}: revoked")
 
 
 @clinic_app.command("schema")
@@ -287,45 +319,3 @@ def _fields(pairs: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def preview(definition: CampaignDefinition, patient_id: str, at: datetime,
-            starts_at: datetime, fields: dict[str, dict[str, str]]) -> list[str]:
-    """The lines `drip campaign preview` prints: the enrollment walked to its end."""
-    enrollment = Enrollment.enroll(definition, patient_id=patient_id, subject=patient_id,
-                                   at=at, cause="preview",
-                                   dates={APPOINTMENT_STARTS_AT: starts_at})
-    enrollment.catch_up(definition, datetime.max.replace(tzinfo=UTC))
-    cal, lines = definition.calendar, []
-    context: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v
-                               for k, v in MERGE_FIELDS.items()}
-    context["patient"]["id"] = patient_id
-    context["appointment"]["starts_at"] = starts_at
-    context["campaign"]["name"] = definition.name
-    for group, values in fields.items():
-        context.setdefault(group, {}).update(values)
-    lines.append(f"{definition.clinic_id}/{definition.name} v{definition.version} for patient "
-                 f"{patient_id}, enrolled {cal.local(at):%Y-%m-%d %H:%M %Z}")
-    for ev in enrollment.collect_events():
-        kind = type(ev).__name__
-        when = getattr(ev, "at", None) or getattr(ev, "due_at", None)
-        local = f"{cal.local(when):%a %Y-%m-%d %H:%M %Z}" if when else "-"
-        if kind == "MessageSent":
-            step = definition.steps[ev.index]
-            assert isinstance(step, SendStep)
-            lines.append(f"{local}  send {ev.step} ({ev.channel})")
-            if step.message is not None:
-                context["campaign"]["step"] = ev.step
-                msg = render(step.message, context, locale=definition.locale,
-                             time_zone=definition.time_zone)
-                if msg.subject:
-                    lines.append(f"    subject: {msg.subject}")
-                lines += [f"    {line}" for line in msg.body.splitlines()]
-        elif kind == "StepSkipped":
-            lines.append(f"{local}  skip {ev.step}: {ev.reason}")
-        elif kind == "BranchTaken":
-            lines.append(f"{local}  branch {ev.step}: {'then' if ev.taken else 'else'} → {ev.target}")
-        elif kind == "VariantAssigned":
-            lines.append(f"{local}  split {ev.step}: variant {ev.variant}")
-        elif kind in ("Completed", "Stopped", "Ignored"):
-            lines.append(f"{local}  {kind.lower()}" + (f": {ev.reason}" if hasattr(ev, "reason")
-                                                       else ""))
-    return lines

@@ -32,6 +32,9 @@ from services.devtools.replay import Replay, ReplayStalled, ReplayStats
 from services.runtime import child, drain, running
 from services.settings import Settings
 
+SINK_OPEN_RATE = 0.5  # share of SMS/WhatsApp messages the provider sink reports opened
+SINK_CLICK_RATE = 0.1  # … and clicked
+
 
 @dataclass
 class Delivered:
@@ -45,6 +48,8 @@ class Delivered:
     provider_attempts: int
     callbacks: int
     gateway_attempts: int
+    opened: int = 0
+    clicked: int = 0
 
 
 @dataclass
@@ -97,7 +102,8 @@ def run_demo(settings: Settings, csv: Path, limit: int | None,
     With `deliver`, the patients' (synthetic) contact points are published first, and
     the gateways deliver every message to local sinks — a real SMTP server and a real HTTP
     provider that fails `failure_rate` of first attempts with a 503 — which confirm
-    delivery through the gateway's webhook; the run ends when every message has its
+    delivery through the gateway's webhook, and report `SINK_OPEN_RATE` of SMS/WhatsApp
+    messages opened and `SINK_CLICK_RATE` clicked; the run ends when every message has its
     outcome recorded on its enrollment.
 
     `progress(total)` returns the callback the replay calls with each chunk's size.
@@ -123,7 +129,8 @@ def run_demo(settings: Settings, csv: Path, limit: int | None,
                 await running_stack.enter_async_context(running(services, followers="process"))
                 if sinks is not None:  # the gateways in a process of their own
                     gateway = asyncio.create_task(child(
-                        ["gateway", "email", "sms", "whatsapp"], settings))
+                        ["gateway", "email", "sms", "whatsapp"],
+                        settings.model_copy(update={"log_level": "warning"})))
                     running_stack.push_async_callback(_cancel, gateway)
                 replay = Replay(services, clock, settings.replay_chunk)
                 stats = await replay.run(timeline, progress(len(timeline)))
@@ -144,7 +151,7 @@ def run_demo(settings: Settings, csv: Path, limit: int | None,
             delivered = Delivered(ledger, found["email_unique"], found["email_duplicates"],
                                   found["provider_unique"], found["provider_duplicates"],
                                   found["provider_attempts"], found["callbacks_sent"],
-                                  int(attempts))
+                                  int(attempts), found["opened"], found["clicked"])
         return DemoResult(stats, time.monotonic() - started, events,
                           services.dispatcher.relayed_total(), delivered)
 
@@ -179,7 +186,8 @@ def _sinks(settings: Settings, failure_rate: float) -> Iterator[tuple[Sinks, Set
          "--provider-port", str(provider), "--stats-port", str(stats),
          "--secret", settings.provider_secret.get_secret_value(), "--callback-url", callback,
          "--callback-secret", settings.webhook_secret.get_secret_value(),
-         "--failure-rate", str(failure_rate)], stdout=subprocess.PIPE)
+         "--failure-rate", str(failure_rate), "--open-rate", str(SINK_OPEN_RATE),
+         "--click-rate", str(SINK_CLICK_RATE)], stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
         if process.stdout.readline().strip() != b"ready":
@@ -212,7 +220,8 @@ async def _until_delivered(services: Services, sinks: Sinks, gateway: asyncio.Ta
         found = await asyncio.to_thread(sinks.stats)
         done = (state[0] == services.dispatcher.relayed_total() and state[1] == 0
                 and found["callbacks_sent"] + found["callbacks_failed"]
-                >= found["provider_unique"] and state[2] == state[3])
+                >= found["provider_unique"] and found["callbacks_in_flight"] == 0
+                and state[2] == state[3])
         if done:
             return
         if state != last:

@@ -4,7 +4,8 @@ the replay and the gateway. It prints `ready` once both listen, answers `GET /st
 counters of both) on `--stats-port`, and runs until terminated.
 
     python -m services.devtools.sink_process --smtp-port P --provider-port P \\
-        --stats-port P --secret S --callback-url URL --callback-secret S --failure-rate R
+        --stats-port P --secret S --callback-url URL --callback-secret S --failure-rate R \\
+        --open-rate R --click-rate R
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def stats(smtp: SmtpSink, provider: ProviderSink) -> dict[str, Any]:
             "provider_unique": provider.unique(), "provider_duplicates": provider.duplicates(),
             "provider_attempts": sum(provider.attempts.values()),
             "callbacks_sent": provider.callbacks_sent,
-            "callbacks_failed": provider.callbacks_failed}
+            "callbacks_failed": provider.callbacks_failed,
+            "callbacks_in_flight": provider.callbacks_in_flight,
+            "opened": provider.engagement["opened"], "clicked": provider.engagement["clicked"]}
 
 
 def main() -> None:
@@ -34,13 +37,16 @@ def main() -> None:
     for name in ("secret", "callback-url", "callback-secret"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--open-rate", type=float, default=0.0)
+    parser.add_argument("--click-rate", type=float, default=0.0)
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with SmtpSink(port=args.smtp_port) as smtp, ProviderSink(
             args.secret.encode(), port=args.provider_port, callback_url=args.callback_url,
             callback_secret=args.callback_secret.encode(),
-            failure_rate=args.failure_rate) as provider:
+            failure_rate=args.failure_rate, open_rate=args.open_rate,
+            click_rate=args.click_rate) as provider:
 
         class Stats(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)

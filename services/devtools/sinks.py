@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.message
+import hashlib
 import hmac
 import json
 import logging
@@ -19,6 +20,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import default as default_policy
@@ -41,6 +43,7 @@ _STOP_TIMEOUT_S = 10.0
 _CALLBACK_RETRIES = 5
 _CALLBACK_BACKOFF_S = 0.2
 _CALLBACK_TIMEOUT_S = 5.0
+_CALLBACK_CONCURRENCY = 16  # callbacks in flight at once, as a provider's webhook workers
 
 
 class _KeyCounts:
@@ -240,7 +243,12 @@ class ProviderSink(_KeyCounts):
     "status": "delivered", "at": "<ISO-8601 UTC>Z"}` there, signed in
     `X-Provider-Signature: sha256=<hex HMAC of the raw body with callback_secret>` (`secret`
     when None); an error or a non-2xx answer is retried up to 5 times after 0.2 s * 2^n.
-    `callbacks_sent` counts callbacks acknowledged (2xx), `callbacks_failed` those given up.
+    `callbacks_sent` counts delivery callbacks acknowledged (2xx), `callbacks_failed` those
+    given up. After a delivered callback, a key whose hash falls below `open_rate` is also
+    reported `"opened"` (a WhatsApp read receipt, an SMS link preview), and below
+    `click_rate` (at most `open_rate`) `"clicked"`: deterministic per key, counted in
+    `engagement` by status. `callbacks_in_flight` is the number of keys whose callbacks are
+    not finished yet. One pooled HTTP client serves every callback.
 
     The counters are guarded by a lock: read them from any thread. `start()` returns the bound
     port (a free one when `port=0`) and raises `RuntimeError` when the server cannot start.
@@ -259,9 +267,13 @@ class ProviderSink(_KeyCounts):
         hang_seconds: float = 0.0,
         hang_first: int = 0,
         seed: int = 7,
+        open_rate: float = 0.0,
+        click_rate: float = 0.0,
     ) -> None:
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be within [0, 1]")
+        if not 0.0 <= click_rate <= open_rate <= 1.0:
+            raise ValueError("need 0 <= click_rate <= open_rate <= 1")
         self.secret = secret
         self.host = host
         self.port = port
@@ -271,11 +283,16 @@ class ProviderSink(_KeyCounts):
         self.failure_rate = failure_rate
         self.hang_seconds = hang_seconds
         self.hang_first = hang_first
+        self.open_rate, self.click_rate = open_rate, click_rate
         super().__init__()
         self.attempts: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self.callbacks_sent = 0
         self.callbacks_failed = 0
+        self.callbacks_in_flight = 0
+        self.engagement: dict[str, int] = {"opened": 0, "clicked": 0}
+        self._client: httpx.AsyncClient | None = None
+        self._callback_slots: asyncio.Semaphore | None = None
         self._ids: dict[str, str] = {}
         self._random = random.Random(seed)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -294,7 +311,7 @@ class ProviderSink(_KeyCounts):
         if self._thread is not None:
             raise RuntimeError("ProviderSink already started")
         config = uvicorn.Config(self._app(), host=self.host, port=self.port, log_level="warning",
-                                lifespan="off", timeout_graceful_shutdown=2)
+                                lifespan="on", timeout_graceful_shutdown=2)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name=f"provider-sink-{self.port}", daemon=True)
         thread.start()
@@ -334,7 +351,17 @@ class ProviderSink(_KeyCounts):
     # The app (runs in the server's thread and loop) ---------------------------------------
 
     def _app(self) -> FastAPI:
-        app = FastAPI(title="drip provider sink", docs_url=None, redoc_url=None, openapi_url=None)
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            self._client = httpx.AsyncClient(timeout=_CALLBACK_TIMEOUT_S)
+            self._callback_slots = asyncio.Semaphore(_CALLBACK_CONCURRENCY)
+            try:
+                yield
+            finally:
+                await self._client.aclose()
+
+        app = FastAPI(title="drip provider sink", docs_url=None, redoc_url=None, openapi_url=None,
+                      lifespan=lifespan)
 
         @app.post("/v1/messages")
         async def send_message(request: Request) -> JSONResponse:
@@ -382,29 +409,53 @@ class ProviderSink(_KeyCounts):
             self.by_key[key] = self.by_key.get(key, 0) + 1
             self.requests.append(payload)
         if first and self.callback_url is not None:
-            task = asyncio.create_task(self._callback(self.callback_url, provider_id, key))
+            with self._lock:
+                self.callbacks_in_flight += 1
+            task = asyncio.create_task(self._callbacks(self.callback_url, provider_id, key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return JSONResponse({"id": provider_id, "status": "queued"}, status_code=202)
 
-    async def _callback(self, url: str, provider_id: str, key: str) -> None:
+    async def _callbacks(self, url: str, provider_id: str, key: str) -> None:
+        """"delivered", then "opened" and "clicked" for the keys the rates pick."""
+        assert self._callback_slots is not None, "the callback slots open with the server"
+        try:
+            async with self._callback_slots:
+                await self._callbacks_of(url, provider_id, key)
+        finally:
+            with self._lock:
+                self.callbacks_in_flight -= 1
+
+    async def _callbacks_of(self, url: str, provider_id: str, key: str) -> None:
+        if not await self._callback(url, provider_id, key, "delivered"):
+            return
+        share = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
+        for status, rate in (("opened", self.open_rate), ("clicked", self.click_rate)):
+            if share < rate and await self._callback(url, provider_id, key, status):
+                with self._lock:
+                    self.engagement[status] += 1
+
+    async def _callback(self, url: str, provider_id: str, key: str, status: str) -> bool:
         at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        body = json.dumps({"id": provider_id, "reference": key, "status": "delivered", "at": at},
+        body = json.dumps({"id": provider_id, "reference": key, "status": status, "at": at},
                           separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json",
                    "X-Provider-Signature": sign(self.callback_secret, body)}
-        async with httpx.AsyncClient(timeout=_CALLBACK_TIMEOUT_S) as client:
-            for retry in range(_CALLBACK_RETRIES + 1):
-                if retry:
-                    await asyncio.sleep(_CALLBACK_BACKOFF_S * 2 ** (retry - 1))
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await client.post(url, content=body, headers=headers)
-                    if response.is_success:
+        assert self._client is not None, "the callback client opens with the server"
+        for retry in range(_CALLBACK_RETRIES + 1):
+            if retry:
+                await asyncio.sleep(_CALLBACK_BACKOFF_S * 2 ** (retry - 1))
+            with contextlib.suppress(httpx.HTTPError):
+                response = await self._client.post(url, content=body, headers=headers)
+                if response.is_success:
+                    if status == "delivered":
                         with self._lock:
                             self.callbacks_sent += 1
-                        return
-        with self._lock:
-            self.callbacks_failed += 1
+                    return True
+        if status == "delivered":
+            with self._lock:
+                self.callbacks_failed += 1
+        return False
 
 
 def _error(status: int, message: str) -> JSONResponse:

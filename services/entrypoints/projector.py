@@ -11,7 +11,7 @@ import psycopg
 from eventsourcing.persistence import Notification
 from psycopg_pool import ConnectionPool
 
-from projections import campaign_stats, log_positions
+from projections import log_positions, registry
 from services.adapters.log_listener import LogListener
 from services.application.app import DripApplication
 from services.entrypoints.loop import run_loop
@@ -20,7 +20,7 @@ from services.entrypoints.loop import run_loop
 class Projector:
     """`step()` applies one page; `catch_up()` until none is left; `run()` until cancelled."""
 
-    name = "campaign_stats"
+    name = registry.POSITION
 
     def __init__(self, app: DripApplication, pool: ConnectionPool, listener: LogListener,
                  page: int = 5000, idle_seconds: float = 1.0) -> None:
@@ -31,7 +31,9 @@ class Projector:
         return self.app.notifications(after, limit)
 
     def _apply(self, cur: psycopg.Cursor[Any], page: Sequence[Notification]) -> None:
-        campaign_stats.apply(cur, [self.app.mapper.to_domain_event(n) for n in page])
+        events = [self.app.mapper.to_domain_event(n) for n in page]
+        for projection in registry.PROJECTIONS:
+            projection.apply(cur, events)
 
     def step(self) -> int:
         """Apply one page; returns how many notifications it held (0 = caught up)."""

@@ -52,3 +52,10 @@ def test_every_message_is_delivered_once_and_counted_in_the_funnel(settings: Set
     assert delivered + failed == sent
     nudges = report["campaigns"]["no-show-recovery"]["steps"]["rebook-nudge"]["sent"]
     assert sum(ledger["email"].values()) == nudges  # the one e-mail step, each message once
+    # opened and clicked come from the provider's callbacks (about half and a tenth of the
+    # SMS), each recorded once on its enrollment
+    opened = sum(n.get("opened", 0) for n in steps)
+    clicked = sum(n.get("clicked", 0) for n in steps)
+    assert opened == d.opened and clicked == d.clicked
+    assert 0.35 * d.provider_unique < opened < 0.65 * d.provider_unique
+    assert 0 < clicked < opened
