@@ -243,9 +243,10 @@ class Enrollment(Aggregate):
         a decision) are skipped."""
         if not self.is_active:
             return False
+        pending = self.pending_step if self.pending_due is not None else None
         for index in campaign.path_from(self.next_index) or [self.next_index]:
             self._step_skipped(index, campaign.steps[index].name, reason.value, at, None)
-        self._stopped(reason.value, at, cause)
+        self._stopped(reason.value, at, cause, pending)
         return True
 
     def record_receipt(self, campaign: CampaignDefinition, step: str, outcome: str,
@@ -432,8 +433,25 @@ class Enrollment(Aggregate):
         elif channel not in self.opted_out_channels:
             self.opted_out_channels = [*self.opted_out_channels, channel]
 
-    @event("Stopped")
-    def _stopped(self, reason: str, at: datetime, cause: str) -> None:
+    class Stopped(Aggregate.Event):
+        """The enrollment stopped with `reason` (§4) at `at` because of `cause` (upstream
+        event id or command). Version 2 adds `pending_step`: the step it was waiting for
+        when it stopped (where patients drop off), None when unknown (§8 upcasting)."""
+
+        class_version = 2
+        reason: str
+        at: datetime
+        cause: str
+        pending_step: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 did not record the pending step: it is unknown."""
+            state["pending_step"] = None
+
+    @event(Stopped)
+    def _stopped(self, reason: str, at: datetime, cause: str,
+                 pending_step: str | None) -> None:
         self.status, self.stop_reason, self.pending_due = EnrollmentStatus.STOPPED, reason, None
 
     @event("Completed")

@@ -16,6 +16,8 @@ projections/campaign_stats.py. Times are `timestamptz` (UTC); `at` is when a thi
   booked (those that triggered an appointment campaign, and rebookings that stopped one).
 - `attribution_14d`: dispatches with `booked_within_14d` (an appointment booked within 14
   days after the send); `attribution(cur, clinic, days)` takes any N.
+- `campaign_summary`, `step_funnel`, `enrollment_progress`, `patient_timeline`: the
+  questions an analyst asks first, per clinic (docs/read-models.md).
 - `reengagement_roi(clinic_id, campaign_id, campaign, variant, enrolled, rebooked,
   rebook_rate)`: per campaign and A/B variant (the incentive), enrollments that ended in a
   booking.
@@ -84,6 +86,37 @@ SELECT s.*, EXISTS (
       AND b.booked_at > s.sent_at AND b.booked_at <= s.sent_at + interval '14 days'
 ) AS booked_within_14d
 FROM dispatches s;
+
+CREATE OR REPLACE VIEW campaign_summary AS
+SELECT c.clinic_id, c.campaign_id, c.name AS campaign, c.kind,
+       count(n.enrollment_id) FILTER (WHERE n.status <> 'ignored') AS enrolled,
+       count(*) FILTER (WHERE n.status = 'active') AS active,
+       count(*) FILTER (WHERE n.status = 'completed') AS completed,
+       count(*) FILTER (WHERE n.status = 'stopped') AS stopped,
+       count(*) FILTER (WHERE n.status = 'ignored') AS ignored
+FROM campaigns c LEFT JOIN enrollments n USING (campaign_id)
+GROUP BY 1, 2, 3, 4;
+
+CREATE OR REPLACE VIEW step_funnel AS
+SELECT clinic_id, campaign_id, campaign, step, coalesce(variant, '') AS variant, channel,
+       count(*) AS sent, count(delivered_at) AS delivered, count(failed_at) AS failed,
+       count(bounced_at) AS bounced, count(opened_at) AS opened, count(clicked_at) AS clicked
+FROM dispatches GROUP BY 1, 2, 3, 4, 5, 6;
+
+CREATE OR REPLACE VIEW enrollment_progress AS
+SELECT n.clinic_id, n.enrollment_id, n.campaign_id, c.name AS campaign, n.patient_id,
+       n.subject, n.status, n.stop_reason, n.steps_done,
+       jsonb_array_length(c.step_names) AS total_steps,
+       round(100.0 * n.steps_done / greatest(jsonb_array_length(c.step_names), 1))
+           AS progress_pct,
+       c.step_names->>n.next_step_index AS next_step, n.next_due_at, n.started_at,
+       n.ended_at, n.variant
+FROM enrollments n JOIN campaigns c USING (campaign_id);
+
+CREATE OR REPLACE VIEW patient_timeline AS
+SELECT clinic_id, patient_id, at, campaign, enrollment_id, event, step, channel, reason,
+       position
+FROM enrollment_events;
 
 CREATE OR REPLACE VIEW reengagement_roi AS
 SELECT n.clinic_id, n.campaign_id, c.name AS campaign, coalesce(n.variant, '') AS variant,

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from psycopg_pool import ConnectionPool
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,6 +23,7 @@ from projections import campaign_stats, dead_letters, schema
 from services.bootstrap import asyncapi_document, build, build_pool
 from services.cli.campaigns import campaign_app, clinic_app
 from services.cli.dlq import dlq_app, enrollment_app
+from services.cli.output import console
 from services.logs import configure as configure_logs
 from services.settings import Settings
 
@@ -36,7 +35,6 @@ app.add_typer(clinic_app, name="clinic")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(enrollment_app, name="enrollment")
-console = Console(width=None if sys.stdout.isatty() else 160)  # reports are wide; pipes too
 
 
 @app.callback()

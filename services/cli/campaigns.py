@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from contracts.campaigns import CampaignSpec, ClinicSpec
@@ -35,14 +34,13 @@ from services.application.definitions import (
 )
 from services.application.preview import preview
 from services.bootstrap import build_application, build_pool
+from services.cli.output import console, err
 from services.settings import Settings
 
 clinic_app = typer.Typer(help="Clinics (§1): time zone, business hours, holidays, limits.",
                          no_args_is_help=True)
 campaign_app = typer.Typer(help="Campaigns as data (§2): apply, preview, lifecycle, versions.",
                            no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
 FileArg = Annotated[Path, typer.Argument(help="A YAML or JSON file", exists=False)]
 NameArg = Annotated[str, typer.Argument(help="The campaign's name")]
 ClinicOpt = Annotated[str | None, typer.Option(

@@ -10,21 +10,19 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from projections import dead_letters, schema
 from services.application.app import event_time
 from services.bootstrap import build_application, build_pool
+from services.cli.output import console, err
 from services.ops_dlq import redrive
 from services.settings import Settings
 
 dlq_app = typer.Typer(help="Dead letters (§8): list, show, redrive.", no_args_is_help=True)
 enrollment_app = typer.Typer(help="Enrollments (§8): history and time travel.",
                              no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
 
 
 def _entries(**kwargs: Any) -> list[dead_letters.Entry]:
