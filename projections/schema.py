@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from psycopg import Connection
 
-from projections import api_keys, inline, log_positions, registry
+from projections import api_keys, inline, jobs, log_positions, registry
 
-DDL = inline.DDL + log_positions.DDL + api_keys.DDL + "".join(p.ddl for p in registry.PROJECTIONS)
+DDL = inline.DDL + log_positions.DDL + api_keys.DDL + jobs.DDL + "".join(p.ddl for p in registry.PROJECTIONS)
 
 
 def reset(conn: Connection) -> None:

@@ -73,3 +73,17 @@ async def recreate_topics(bootstrap: str, specs: Iterable[TopicSpec],
                                                wait_max=0.5):
         with attempt:
             await ensure_topics(bootstrap, specs, options)
+
+
+async def delete_topics(bootstrap: str, names: Iterable[str],
+                        options: Mapping[str, Any] | None = None) -> None:
+    """Delete these topics if they exist (with their data); the broker finishes on its own."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
+    await admin.start()
+    try:
+        existing = sorted(set(names) & set(await admin.list_topics()))
+        if existing:
+            with contextlib.suppress(UnknownTopicOrPartitionError):
+                await admin.delete_topics(existing)
+    finally:
+        await admin.close()

@@ -165,19 +165,25 @@ class DripApplication(Application[UUID]):
 
     # -- enrollments by request (the HTTP API, §3) -----------------------------------
     def enroll(self, clinic_id: str, campaign_id: UUID, patient_id: str, at: datetime,
-               cause: str, *, subject: str | None = None,
+               cause: str, *, appointment_id: str | None = None,
                dates: dict[str, datetime] | None = None,
                attributes: dict[str, Any] | None = None) -> tuple[Enrollment, bool]:
         """Enroll one patient into an active campaign of their clinic at `at` (§3), as a
-        trigger would; `subject` is the appointment id of an appointment campaign (else the
-        patient), `dates` its wait-until anchors (UTC). Idempotent: the enrollment id comes
+        trigger would: the subject is `appointment_id` for an appointment campaign, else the
+        patient; `dates` are its wait-until anchors (UTC). Idempotent: the enrollment id comes
         from the campaign and subject, so the same request returns the same enrollment
         (`created` False). Returns `(enrollment, created)`. Raises `UnknownCampaign` (none of
-        this clinic's), `Conflict` (not active; the subject enrolled for another patient)."""
+        this clinic's), `Conflict` (not active; the subject enrolled for another patient),
+        `ValueError` (an appointment campaign without `appointment_id`)."""
         campaign = self.campaigns.get(campaign_id)
         if campaign.clinic_id != clinic_id:
             raise UnknownCampaign(f"no campaign {campaign_id}")
-        subject = subject or patient_id
+        if campaign.subject != "appointment":
+            subject = patient_id
+        elif appointment_id:
+            subject = appointment_id
+        else:
+            raise ValueError("this campaign's subject is an appointment: give appointment_id")
         eid = enrollment_id(campaign.id, subject)
         uow = self.unit_of_work()
         uow.prefetch([eid], [(clinic_id, patient_id)])

@@ -124,6 +124,22 @@ def clinic_settings(spec: ClinicSpec) -> ClinicSettings:
         phone=spec.phone, booking_url=spec.booking_url)
 
 
+def clinic_document(settings: ClinicSettings) -> dict[str, Any]:
+    """A clinic as applied → the clinic file that applies it (the inverse of
+    `clinic_settings`), e.g. to backtest with it."""
+    return {
+        "clinic": settings.clinic_id, "name": settings.name, "time_zone": settings.time_zone,
+        "locale": settings.locale, "phone": settings.phone, "booking_url": settings.booking_url,
+        "business_hours": {"days": [WEEKDAYS[d] for d in sorted(settings.open_days)],
+                           "opens": settings.opens.isoformat("minutes"),
+                           "closes": settings.closes.isoformat("minutes")},
+        "holidays": ({"country": settings.holiday_country,
+                      "subdivision": settings.holiday_subdivision}
+                     if settings.holiday_country else None),
+        "closed_on": sorted(d.isoformat() for d in settings.closed_on),
+        "limits": dict(settings.limits)}
+
+
 @lru_cache(maxsize=64)
 def _holidays(country: str, subdivision: str | None, year: int) -> frozenset[date]:
     try:

@@ -28,7 +28,18 @@ from uuid import UUID
 
 import uvicorn
 import yaml
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
@@ -42,18 +53,20 @@ from domain.enrollment import Enrollment, EnrollmentStatus
 from domain.errors import DomainError
 from domain.schedule import APPOINTMENT_STARTS_AT
 from domain.stop_rules import StopReason
-from projections import analytics, api_keys, campaign_stats, dead_letters
+from projections import analytics, api_keys, campaign_stats, dead_letters, jobs
 from projections.api_keys import Principal
 from services.application.app import Conflict, DripApplication, UnknownEnrollment, event_time
 from services.application.catalog import UnknownCampaign
 from services.application.definitions import DefinitionError, compile_campaign
 from services.application.preview import preview
 from services.entrypoints import pages
+from services.entrypoints.jobs import Jobs
 from services.settings import Settings
 
 T = TypeVar("T")
 GALLERY = Path(__file__).resolve().parents[2] / "campaigns"
 MAX_PAGE = 500
+MAX_UPLOAD_BYTES = 10 << 20
 
 
 class Action(StrEnum):
@@ -71,6 +84,13 @@ class EnrollRequest(BaseModel):
     appointment_id: str | None = Field(None, min_length=1, max_length=200)
     starts_at: AwareDatetime | None = Field(None, description="The appointment's start "
                                             "(ISO-8601 with offset)")
+
+
+class BacktestRequest(BaseModel):
+    """Campaign definitions (drafts welcome) to run over the data set's history."""
+
+    campaigns: list[CampaignSpec] = Field(min_length=1, max_length=20)
+    limit: int = Field(2000, ge=1, le=200_000, description="The first N rows of the data set")
 
 
 class PreviewRequest(BaseModel):
@@ -150,6 +170,7 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
                                       for p in exc.problems]) from None
 
     v1 = APIRouter(prefix="/v1", responses=ERRORS)
+    work = Jobs(settings, app, pool)
     extra = [*(extra or []), pages.router(app, run, principal)]
 
     # -- campaigns -------------------------------------------------------------------
@@ -250,16 +271,16 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
         enrollment with 200. 409 when the campaign is not active."""
         campaign = campaign_of(who, body.campaign_id).definition
         dates = {APPOINTMENT_STARTS_AT: body.starts_at.astimezone(UTC)} if body.starts_at else {}
-        if campaign.subject == "appointment" and body.appointment_id is None:
-            raise HTTPException(422, [{"loc": ["body", "appointment_id"], "type": "missing",
-                                       "msg": "this campaign's subject is an appointment"}])
         try:
             enrollment, created = await asyncio.to_thread(
                 app.enroll, who.clinic_id, body.campaign_id, body.patient_id,
-                datetime.now(UTC), f"api:{uuid.uuid4()}", subject=body.appointment_id,
+                datetime.now(UTC), f"api:{uuid.uuid4()}", appointment_id=body.appointment_id,
                 dates=dates)
         except Conflict as exc:
             raise HTTPException(409, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(422, [{"loc": ["body", "appointment_id"], "msg": str(exc),
+                                       "type": "missing"}]) from None
         except DomainError as exc:
             raise HTTPException(422, [{"loc": ["body"], "msg": str(exc),
                                        "type": "value_error"}]) from None
@@ -315,6 +336,48 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
         else:
             out["status"] = "not_started"
         return out
+
+    @v1.post("/enrollments/bulk", tags=["enrollments"], status_code=202)
+    async def bulk_enroll(who: Admin, campaign_id: Annotated[UUID, Form()],
+                          file: Annotated[UploadFile, File(description=(
+                              "CSV with a header: patient_id[,appointment_id,starts_at]"))],
+                          ) -> dict[str, Any]:
+        """Enroll every patient of an uploaded CSV (§3 bulk), as a job you poll at
+        `GET /v1/jobs/{job_id}`: created, existing (enrolled before) and refused rows."""
+        campaign = campaign_of(who, campaign_id)
+        raw = await file.read(MAX_UPLOAD_BYTES + 1)
+        if len(raw) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"larger than {MAX_UPLOAD_BYTES} bytes")
+        try:
+            job = work.bulk_enroll(who.clinic_id, campaign.id, raw)
+        except ValueError as exc:
+            raise HTTPException(422, [{"loc": ["body", "file"], "msg": str(exc),
+                                       "type": "value_error"}]) from None
+        return {"job_id": str(job), "status_url": f"/v1/jobs/{job}"}
+
+    @v1.post("/backtests", tags=["campaigns"], status_code=202)
+    async def backtest(body: BacktestRequest, who: Admin) -> dict[str, Any]:
+        """Run definitions over the data set's history from empty state, in a scratch
+        database, as a job you poll: the report they would have produced (§2 backtest)."""
+        for spec in body.campaigns:
+            compiled(who, spec)  # 422 now, naming the field, rather than a failed job
+        clinic = app.campaigns.clinic(who.clinic_id)
+        if clinic is None:
+            raise HTTPException(404, f"no clinic {who.clinic_id}")
+        try:
+            job = work.backtest(clinic, [s.model_dump(mode="json", exclude_none=True)
+                                         for s in body.campaigns], body.limit)
+        except Conflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"job_id": str(job), "status_url": f"/v1/jobs/{job}"}
+
+    @v1.get("/jobs/{job_id}", tags=["operations"])
+    async def get_job(job_id: UUID, who: Reader) -> dict[str, Any]:
+        """A job: kind, status (queued, running, done, failed), progress, result or error."""
+        found = await asyncio.to_thread(run, lambda cur: jobs.get(cur, job_id, who.clinic_id))
+        if found is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return found
 
     # -- patients --------------------------------------------------------------------
     @v1.get("/patients/{patient_id}/enrollments", tags=["patients"])

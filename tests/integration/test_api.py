@@ -11,7 +11,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from contracts.timers import StepDueV1
@@ -20,7 +22,8 @@ from services.application.records import ConsumedRecord
 from services.bootstrap import Services, build
 from services.entrypoints.api import create_api
 from services.settings import Settings
-from tests.gallery import CLINIC
+from tests.e2e.oracle import expected_report
+from tests.gallery import CLINIC, GALLERY
 
 WELCOME: dict[str, Any] = {
     "clinic": "vitoria", "name": "api-welcome", "kind": "follow_up",
@@ -184,8 +187,11 @@ def test_another_clinics_key_gets_404_or_403_on_every_endpoint_never_data(
                       headers=mine).json()["enrollment_id"]
     fire_due(services, datetime.now(UTC) + timedelta(minutes=2))
     services.projector.catch_up()
+    job = client.post("/v1/enrollments/bulk", data={"campaign_id": cid}, headers=mine,
+                      files={"file": ("p.csv", b"patient_id\np7\n", "text/csv")}).json()
+    poll(client, job["job_id"], mine)
     values = {"campaign_id": cid, "enrollment_id": eid, "patient_id": "p1",
-              "action": "pause"}
+              "action": "pause", "job_id": job["job_id"]}
     bodies: dict[str, Any] = {
         "/v1/campaigns": WELCOME, "/v1/campaigns/{campaign_id}/diff": WELCOME,
         "/v1/campaigns/{campaign_id}/preview": {"patient_id": "p1"},
@@ -201,8 +207,9 @@ def test_another_clinics_key_gets_404_or_403_on_every_endpoint_never_data(
                                         json=bodies.get(path),
                                         params={"campaign_id": cid, "patient_id": "p1"})
                 assert answer.status_code in (200, 401, 403, 404, 409, 422), (method, url)
-                if answer.status_code == 200:  # a listing: empty, nothing of vitoria's
+                if answer.status_code in (200, 202):  # nothing of vitoria's
                     assert cid not in answer.text and eid not in answer.text, (method, url)
+                    assert job["job_id"] not in answer.text
                     assert "api-welcome" not in answer.text or path == "/v1/gallery"
     still = client.get(f"/v1/campaigns/{cid}", headers=mine).json()
     assert still["status"] == "active", "another clinic's key changed nothing"
@@ -222,3 +229,72 @@ def test_keys_and_roles(services: Services, client: TestClient) -> None:
         assert analyst["X-API-Key"] not in digests and analyst["X-API-Key"].split("_")[2] not in str(digests)
         assert api_keys.revoke(cur, key_id, datetime.now(UTC))
     assert client.get("/v1/campaigns", headers=analyst).status_code == 401
+
+
+def poll(client: TestClient, job: str, headers: dict[str, str],
+         timeout: float = 180.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (found := client.get(f"/v1/jobs/{job}", headers=headers).json())["status"] in (
+            "queued", "running"):
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
+    return found
+
+
+def test_bulk_enrollment_from_a_csv_is_a_job_and_idempotent(services: Services,
+                                                            client: TestClient) -> None:
+    admin = key(services, "vitoria", "admin")
+    cid = client.post("/v1/campaigns", json=WELCOME, headers=admin).json()["campaign_id"]
+    client.post(f"/v1/campaigns/{cid}/activate", headers=admin)
+    csv = b"patient_id,appointment_id,starts_at\np1,,\np2,,\n,a9,\np3,,\n"
+    started = client.post("/v1/enrollments/bulk", data={"campaign_id": cid},
+                          files={"file": ("patients.csv", csv, "text/csv")}, headers=admin)
+    assert started.status_code == 202, started.text
+    job = poll(client, started.json()["job_id"], admin)
+    assert job["status"] == "done" and job["kind"] == "bulk_enroll"
+    assert job["result"]["created"] == 3 and job["result"]["existing"] == 0
+    assert job["result"]["refused"] == [{"line": 4, "reason": "patient_id is empty"}]
+    again = client.post("/v1/enrollments/bulk", data={"campaign_id": cid},
+                        files={"file": ("patients.csv", csv, "text/csv")}, headers=admin)
+    assert poll(client, again.json()["job_id"], admin)["result"]["existing"] == 3
+    listed = client.get("/v1/enrollments", params={"campaign_id": cid}, headers=admin)
+    services.projector.catch_up()
+    listed = client.get("/v1/enrollments", params={"campaign_id": cid, "limit": 2},
+                        headers=admin).json()
+    page2 = client.get("/v1/enrollments", params={"campaign_id": cid, "limit": 2,
+                                                  "cursor": listed["next_cursor"]},
+                       headers=admin).json()
+    ids = [i["enrollment_id"] for i in listed["items"] + page2["items"]]
+    assert len(ids) == len(set(ids)) == 3 and page2["next_cursor"] is None
+    not_csv = client.post("/v1/enrollments/bulk", data={"campaign_id": cid},
+                          files={"file": ("x.csv", b"name\nx\n", "text/csv")}, headers=admin)
+    assert not_csv.status_code == 422 and "patient_id" in not_csv.text
+    theirs = key(services, "aurora", "admin")
+    assert client.get(f"/v1/jobs/{started.json()['job_id']}", headers=theirs).status_code == 404
+
+
+def test_a_backtest_over_http_runs_in_a_scratch_database(settings: Settings) -> None:
+    from tests.shared_data import CSV
+
+    settings = settings.model_copy(update={"dataset_csv": CSV})
+    services = build(settings)
+    try:
+        services.app.apply_clinic(CLINIC)
+        with TestClient(create_api(settings, services.app, services.pool)) as client:
+            admin = key(services, "vitoria", "admin")
+            reminders = yaml.safe_load((GALLERY / "appointment-reminders.yaml").read_text())
+            started = client.post("/v1/backtests", headers=admin,
+                                  json={"campaigns": [reminders], "limit": 300})
+            assert started.status_code == 202, started.text
+            job = poll(client, started.json()["job_id"], admin)
+        assert job["status"] == "done", job
+        expected = expected_report(CSV, 300)["campaigns"]["appointment-reminders"]
+        got = job["result"]["campaigns"]["appointment-reminders"]
+        assert {k: got[k] for k in ("enrolled", "completed")} == {
+            k: expected[k] for k in ("enrolled", "completed")}
+        with psycopg.connect(settings.database_url) as conn:  # nothing live was touched
+            assert conn.execute("SELECT count(*) FROM enrollments").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE"
+                                " 'drip_backtest_%%'").fetchone() == (0,)
+    finally:
+        services.close()

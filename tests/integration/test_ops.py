@@ -123,7 +123,7 @@ def test_enrollment_history_at_any_past_time(env: Settings) -> None:
         services.app.apply_clinic(CLINIC)
         cid = services.app.define_campaign(appointment_reminders())
         enrollment, _ = services.app.enroll(
-            "vitoria", cid, "p1", NOW, "test", subject="a1",
+            "vitoria", cid, "p1", NOW, "test", appointment_id="a1",
             dates={"appointment.starts_at": NOW + timedelta(days=5)})
     finally:
         services.close()
