@@ -92,6 +92,7 @@ class Enrollment(Aggregate):
         self.variants: dict[str, str] = {}
         self.receipts: dict[str, list[str]] = {}
         self.attributes = dict(attributes or {})
+        self.causes: set[str] = {cause}  # upstream events applied: each applies once
 
     # -- creation --------------------------------------------------------------------
     @classmethod
@@ -231,7 +232,7 @@ class Enrollment(Aggregate):
         repeated booking) or the enrollment is no longer active.
         """
         changed = {k: v for k, v in dates.items() if self.dates.get(k) != v}
-        if not self.is_active or not changed:
+        if not self.is_active or not changed or cause in self.causes:
             return False
         self._dates_changed(changed, at, cause)
         self._schedule_next(campaign, at, self.next_index)
@@ -292,7 +293,7 @@ class Enrollment(Aggregate):
     def record_booking(self, campaign: CampaignDefinition, appointment_id: str,
                        at: datetime, cause: str) -> bool:
         """The patient booked `appointment_id` at `at` (§4 `appointment_booked`)."""
-        if not self.is_active or at <= self.started_at:
+        if not self.is_active or at <= self.started_at or cause in self.causes:
             return False
         self._appointment_booked(appointment_id, at, cause)
         if campaign.stops_on(StopReason.APPOINTMENT_BOOKED):
@@ -301,8 +302,9 @@ class Enrollment(Aggregate):
 
     def record_reply(self, campaign: CampaignDefinition, channel: str, at: datetime,
                      cause: str) -> bool:
-        """The patient replied on `channel` (§4 `responded`)."""
-        if not self.is_active:
+        """The patient replied on `channel` at `at` (§4 `responded`); a reply from before
+        the enrollment began, or one already recorded (a replay), changes nothing."""
+        if not self.is_active or at < self.started_at or cause in self.causes:
             return False
         self._responded(channel, at, cause)
         if campaign.stops_on(StopReason.RESPONDED):
@@ -311,8 +313,9 @@ class Enrollment(Aggregate):
 
     def record_opt_out(self, campaign: CampaignDefinition, channel: str | None,
                        at: datetime, cause: str) -> bool:
-        """Opt-out of one channel (its sends are skipped) or of all (`None`: stop), §4."""
-        if not self.is_active:
+        """Opt-out of one channel (its sends are skipped) or of all (`None`: stop), §4; one
+        already recorded (a replay) changes nothing."""
+        if not self.is_active or cause in self.causes:
             return False
         self._opted_out(channel, at, cause)
         if channel is None and campaign.stops_on(StopReason.OPTED_OUT):
@@ -417,17 +420,20 @@ class Enrollment(Aggregate):
     @event("DatesChanged")
     def _dates_changed(self, dates: dict[str, datetime], at: datetime, cause: str) -> None:
         self.dates = {**self.dates, **dates}
+        self.causes.add(cause)
 
     @event("AppointmentBooked")
     def _appointment_booked(self, appointment_id: str, at: datetime, cause: str) -> None:
-        pass
+        self.causes.add(cause)
 
     @event("Responded")
     def _responded(self, channel: str, at: datetime, cause: str) -> None:
         self.replied = True
+        self.causes.add(cause)
 
     @event("OptedOut")
     def _opted_out(self, channel: str | None, at: datetime, cause: str) -> None:
+        self.causes.add(cause)
         if channel is None:
             self.opted_out_of_all = True
         elif channel not in self.opted_out_channels:

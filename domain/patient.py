@@ -25,6 +25,7 @@ class Patient(Aggregate):
         self.opt_outs: list[tuple[str | None, datetime, str]] = []
         self.details: dict[str, str] = {}
         self.invalid_contacts: list[str] = []
+        self.causes: set[str] = set()  # upstream events applied: each applies once
 
     @staticmethod
     def create_id(clinic_id: str, patient_id: str) -> UUID:
@@ -32,7 +33,7 @@ class Patient(Aggregate):
 
     def opt_out(self, channel: str | None, at: datetime, cause: str) -> bool:
         """Record an opt-out of `channel` (None: of everything) at `at`; a repeat is a no-op."""
-        if any(c == channel and a == at for c, a, _ in self.opt_outs):
+        if cause in self.causes or any(c == channel and a == at for c, a, _ in self.opt_outs):
             return False
         self._opted_out(channel, at, cause)
         return True
@@ -40,6 +41,7 @@ class Patient(Aggregate):
     @event("OptedOut")
     def _opted_out(self, channel: str | None, at: datetime, cause: str) -> None:
         self.opt_outs = sorted([*self.opt_outs, (channel, at, cause)], key=lambda o: o[1])
+        self.causes.add(cause)
 
     CONTACT_OF = {"email": "email", "sms": "phone", "whatsapp": "whatsapp"}
     """The detail that is a channel's contact point."""
@@ -48,7 +50,7 @@ class Patient(Aggregate):
         """Record the given details (first_name, email, phone…); returns whether any
         changed. A changed contact point is valid again."""
         changed = {k: v for k, v in details.items() if self.details.get(k) != v}
-        if not changed:
+        if not changed or cause in self.causes:
             return False
         self._details_updated(changed, at, cause)
         return True
@@ -56,6 +58,7 @@ class Patient(Aggregate):
     @event("DetailsUpdated")
     def _details_updated(self, details: dict[str, str], at: datetime, cause: str) -> None:
         self.details = {**self.details, **details}
+        self.causes.add(cause)
         renewed = {c for c, field in self.CONTACT_OF.items() if field in details}
         self.invalid_contacts = [c for c in self.invalid_contacts if c not in renewed]
 

@@ -109,8 +109,8 @@ def _reschedule(uow: UnitOfWork, ev: AppointmentBooked) -> str | None:
     its enrollments (§2); one that already ended cannot follow, which is refused."""
     moved = []
     for c, e in _bound_to(uow, ev.clinic_id, ev.data.appointment_id):
-        if e.dates.get(APPOINTMENT_STARTS_AT) in (None, ev.data.starts_at):
-            continue  # not bound to this appointment's time, or the same booking again
+        if ev.id in e.causes or e.dates.get(APPOINTMENT_STARTS_AT) in (None, ev.data.starts_at):
+            continue  # applied before (a replay), unbound, or the same booking again
         if not e.is_active:
             return (f"appointment {ev.data.appointment_id!r} rescheduled, but its enrollment "
                     f"in {c.name!r} is {e.status}")

@@ -23,6 +23,7 @@ from projections import campaign_stats, dead_letters, schema
 from services.bootstrap import asyncapi_document, build, build_pool
 from services.cli.campaigns import campaign_app, clinic_app
 from services.cli.dlq import dlq_app, enrollment_app
+from services.cli.ops import projections_app, topics_app
 from services.cli.output import console
 from services.logs import configure as configure_logs
 from services.settings import Settings
@@ -35,6 +36,8 @@ app.add_typer(clinic_app, name="clinic")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(enrollment_app, name="enrollment")
+app.add_typer(projections_app, name="projections")
+app.add_typer(topics_app, name="topics")
 
 
 @app.callback()
