@@ -58,11 +58,11 @@ async def rewind_consumer_groups(settings: Settings, topics: list[str]) -> None:
                                     group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
-            parts = [TopicPartition(t, p) for t in names
-                     for p in (consumer.partitions_for_topic(t) or ())]
-            if parts:
-                await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in parts})
-                assert {await consumer.committed(tp) for tp in parts} == {0}
+            # every partition drip created (partitions_for_topic may know none this early)
+            parts = [TopicPartition(t, p) for t in names for p in range(settings.partitions)]
+            consumer.assign(parts)
+            await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in parts})
+            assert {await consumer.committed(tp) for tp in parts} == {0}
         finally:
             await consumer.stop()
 
