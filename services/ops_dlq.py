@@ -2,7 +2,9 @@
 from, once the fix that makes it acceptable has shipped (a campaign applied, a clinic
 registered, a contract widened).
 
-The record goes back with its own key (so to the same partition), value and headers, plus
+The record goes back to the partition it came from (whatever partitioner its producer
+used, so it stays behind the same patient's earlier records), with its key, value and
+headers, plus
 a `drip-redrive-of: <dead letter id>` header; the live consumer takes it like any other
 record, so it either applies or is dead-lettered again, with a new id and the new reason.
 Each redrive is recorded on the dead letter (`redriven_at`, `redriven_to`); a dead letter
@@ -39,8 +41,8 @@ async def redrive(settings: Settings, pool: ConnectionPool, letters: Sequence[En
             d = entry.letter
             headers = [*[(k, v) for k, v in d.headers if k != REDRIVE_HEADER],
                        (REDRIVE_HEADER, str(entry.id).encode())]
-            [(partition, offset)] = await publisher.publish_many(d.topic,
-                                                                 [(d.key, d.value, headers)])
+            [(partition, offset)] = await publisher.publish_many(
+                d.topic, [(d.key, d.value, headers)], partition=d.partition)
             to = f"{d.topic}[{partition}]@{offset}"
             with pool.connection() as conn, conn.cursor() as cur:
                 dead_letters.mark_redriven(cur, [(entry.id, to)], datetime.now(UTC))

@@ -46,13 +46,16 @@ class BulkPublisher:
             await self._producer.stop()
             self._producer = None
 
-    async def publish_many(self, topic: str, records: Iterable[Record]) -> list[tuple[int, int]]:
-        """Publish `(key, value, headers)` records; returns (partition, offset) of each.
+    async def publish_many(self, topic: str, records: Iterable[Record],
+                           partition: int | None = None) -> list[tuple[int, int]]:
+        """Publish `(key, value, headers)` records (to `partition`, else by key); returns
+        (partition, offset) of each.
 
         Raises aiokafka's `KafkaError` when a record cannot be delivered.
         """
         producer = await self.start()
-        futures = [await producer.send(topic, value, key=key, headers=_headers(headers))
+        futures = [await producer.send(topic, value, key=key, headers=_headers(headers),
+                                       partition=partition)
                    for key, value, headers in records]
         return [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
 

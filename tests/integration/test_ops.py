@@ -89,7 +89,8 @@ async def test_a_refused_booking_is_redriven_once_its_clinic_exists(env: Setting
             theirs = replace(appointment_reminders(), clinic_id="aurora")
             cid = services.app.define_campaign(theirs)
             out = await asyncio.to_thread(drip, "dlq", "redrive", str(letter.id))
-            assert f"{letter.id}: redriven to {services.topics.appointments}[" in out
+            assert (f"{letter.id}: redriven to {services.topics.appointments}"
+                    f"[{letter.letter.partition}]@") in out  # the partition it came from
 
             def enrolled() -> Enrollment | None:
                 found = services.app.repository.get(enrollment_id(cid, "a1")) \
