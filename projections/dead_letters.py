@@ -96,6 +96,12 @@ def count(cur: Cursor) -> int:
     return _rows(cur)[0][0]
 
 
+def counts(cur: Cursor) -> list[tuple[str, str, int]]:
+    """`(consumer, topic, n)` of every dead letter (for metrics: few label values)."""
+    cur.execute("SELECT consumer, topic, count(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1, 2")
+    return _rows(cur)
+
+
 def listing(cur: Cursor, limit: int = 100) -> list[DeadLetter]:
     cur.execute(f"SELECT {COLUMNS} FROM dead_letters ORDER BY topic, partition, \"offset\""
                 " LIMIT %s", (limit,))

@@ -143,6 +143,13 @@ def counts(cur: Cursor) -> dict[str, dict[str, int]]:
     return out
 
 
+def receipt_counts(cur: Cursor) -> list[tuple[str, str, int]]:
+    """`(channel, outcome, n)` of the receipts the gateways wrote."""
+    cur.execute("SELECT receipt->>'channel', receipt->>'outcome', count(*) FROM gateway_receipts"
+                " GROUP BY 1, 2 ORDER BY 1, 2")
+    return rows(cur)
+
+
 def reserve(cur: Cursor, clinic_id: str, channel: str, per_second: int, wanted: int,
             ) -> tuple[int, int]:
     """Take up to `wanted` messages of the clinic's budget for `channel` in the current

@@ -59,3 +59,12 @@ def followed(cur: Cursor, name: str, events_table: str, topic: str) -> int:
                 " coalesce((SELECT position FROM log_positions WHERE name = %s), 0)",
                 (topic, name))
     return rows(cur)[0][0]
+
+
+def all_positions(cur: Cursor, events_table: str = "drip_events") -> tuple[int, list[tuple[str, int]]]:
+    """The log's head (largest notification id, 0 when empty) and every follower's
+    `(name, position)`: how far each is behind (§8 metrics)."""
+    cur.execute(f"SELECT coalesce(max(notification_id), 0) FROM {events_table}")
+    head = rows(cur)[0][0]
+    cur.execute("SELECT name, position FROM log_positions ORDER BY name")
+    return head, rows(cur)

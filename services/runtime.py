@@ -29,6 +29,7 @@ from services.bootstrap import (
     build_pool,
     topic_specs,
 )
+from services.entrypoints import metrics
 from services.entrypoints.api import create_api, serve_api
 from services.entrypoints.gateway import serve_webhooks
 from services.settings import Settings
@@ -147,11 +148,7 @@ async def api_only(settings: Settings) -> None:
 
 
 def http_extras(settings: Settings, pool: Any) -> list[Any]:
-    """Routers served beside the API: /metrics, /health and /ready when available."""
-    try:
-        from services.entrypoints import metrics
-    except ImportError:  # pragma: no cover - lands with the observability work
-        return []
+    """Routers served beside the API: /metrics, /health and /ready (§8)."""
     return [metrics.router(settings, pool)]
 
 

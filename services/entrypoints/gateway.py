@@ -149,13 +149,16 @@ class Gateway:
                         attempts += 1
                         sent = await self.adapters[request.channel].send(message)
             except TransientFailure as exc:
+                # the code only: a server's own text may name the recipient (the whole
+                # error is in the ledger and the receipt)
                 log.warning("delivery failed after retries", key=request.idempotency_key,
-                            channel=request.channel, attempts=attempts, error=str(exc))
+                            channel=request.channel, attempts=attempts,
+                            error=str(exc).split(":", 1)[0])
                 return await self._finish(request, "failed", attempts, None, None, str(exc),
                                           outcome="failed")
             except PermanentFailure as exc:
                 log.warning("delivery refused", key=request.idempotency_key,
-                            channel=request.channel, error=str(exc))
+                            channel=request.channel, error=str(exc).split(":", 1)[0])  # as above
                 return await self._finish(request, "failed", attempts,
                                           self.adapters[request.channel].name, None, str(exc),
                                           outcome="bounced" if exc.bounced else "failed",
