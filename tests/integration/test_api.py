@@ -16,14 +16,13 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from contracts.timers import StepDueV1
-from projections import api_keys, timers
-from services.application.records import ConsumedRecord
+from projections import api_keys
 from services.bootstrap import Services, build
 from services.entrypoints.api import create_api
 from services.settings import Settings
 from tests.e2e.oracle import expected_report
 from tests.gallery import CLINIC, GALLERY
+from tests.timers import fire_due
 
 WELCOME: dict[str, Any] = {
     "clinic": "vitoria", "name": "api-welcome", "kind": "follow_up",
@@ -59,19 +58,6 @@ def client(services: Services) -> Iterator[TestClient]:
         yield c
 
 
-def fire_due(services: Services, now: datetime) -> int:
-    """One round of the timer service's claim, handled by the step-due use case."""
-    with services.pool.connection() as conn, conn.cursor() as cur:
-        claimed = timers.claim_due(cur, now, 100)
-    records = [ConsumedRecord("s", 0, int(time.time_ns() // 1000) + i, None, None,
-                              message=StepDueV1(
-        enrollment_id=t.enrollment_id, clinic_id=t.clinic_id, patient_id=t.patient_id,
-        step_index=t.step_index, due_at=t.due_at, held_until=t.held_until))
-        for i, t in enumerate(claimed)]
-    services.app.handle_step_due("test.step-due", records)
-    return len(records)
-
-
 def test_a_campaign_over_http_from_draft_to_an_enrollment_and_its_history(
         services: Services, client: TestClient) -> None:
     admin = key(services, "vitoria", "admin")
@@ -96,7 +82,7 @@ def test_a_campaign_over_http_from_draft_to_an_enrollment_and_its_history(
     assert first.json()["next_step"] == "welcome"
 
     enrolled_at = datetime.fromisoformat(first.json()["started_at"])
-    assert fire_due(services, enrolled_at + timedelta(minutes=2)) == 1  # the welcome SMS
+    assert len(fire_due(services, enrolled_at + timedelta(minutes=2))) == 1  # the welcome SMS
     one = client.get(f"/v1/enrollments/{eid}", headers=admin).json()
     assert one["progress"] == "1/2 (50 %)" and one["sent_steps"] == ["welcome"]
     assert [e["event"] for e in one["history"]] == ["Enrolled", "StepScheduled",

@@ -26,6 +26,7 @@ from services.bootstrap import Services, build, build_application
 from services.entrypoints.subscribers import parse_upstream
 from services.settings import Settings
 from tests.gallery import CLINIC, appointment_reminders
+from tests.timers import fire_due
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -68,19 +69,6 @@ def enrollment(services: Services, appointment: str,
     found = services.app.repository.get(enrollment_id(c.id, appointment))
     assert isinstance(found, Enrollment)
     return found
-
-
-def fire_due(services: Services, now: datetime, offset: int = 100) -> list[timers.Timer]:
-    """One round of the timer service's claim, handled by the step-due use case."""
-    with services.pool.connection() as conn, conn.cursor() as cur:
-        claimed = timers.claim_due(cur, now, 100)
-    records = [ConsumedRecord("s", 0, offset + i, None, None, message=StepDueV1(
-        enrollment_id=t.enrollment_id, clinic_id=t.clinic_id, patient_id=t.patient_id,
-        step_index=t.step_index, due_at=t.due_at, held_until=t.held_until))
-        for i, t in enumerate(claimed)]
-    if records:
-        services.app.handle_step_due("steps", records)
-    return claimed
 
 
 def test_an_opt_out_before_any_campaign_is_kept_for_a_clinic_that_exists(

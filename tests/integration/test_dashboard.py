@@ -27,7 +27,8 @@ from services.bootstrap import Services, build
 from services.entrypoints.api import create_api
 from services.settings import Settings
 from tests.gallery import CLINIC
-from tests.integration.test_api import WELCOME, fire_due
+from tests.integration.test_api import WELCOME
+from tests.timers import fire_due
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
@@ -85,7 +86,7 @@ def test_the_dashboard_shows_funnels_a_timeline_and_dead_letters(
     cid = app.define_campaign(compile_campaign(CampaignSpec.model_validate(WELCOME), CLINIC))
     now = datetime.now(UTC)
     enrolled = [app.enroll("vitoria", cid, f"p{i}", now, f"test:{i}")[0] for i in range(3)]
-    assert fire_due(services, now + timedelta(minutes=2)) == 3
+    assert len(fire_due(services, now + timedelta(minutes=2))) == 3
     services.projector.catch_up()
     with services.pool.connection() as conn, conn.cursor() as cur:
         key = api_keys.create(cur, "vitoria", "analyst", now)

@@ -20,15 +20,15 @@ import pytest
 from eventsourcing.utils import get_topic
 
 from contracts.receipts import DeliveryReceiptV1
-from contracts.timers import StepDueV1
 from contracts.topics import UpstreamEvent
 from domain.enrollment import Enrollment, enrollment_id
-from projections import campaign_stats, timers
+from projections import campaign_stats
 from services.application.records import ConsumedRecord
 from services.bootstrap import Services, build
 from services.entrypoints.subscribers import parse_upstream
 from services.settings import Settings
 from tests.gallery import CLINIC, appointment_reminders
+from tests.timers import fire_due
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 H = timedelta(hours=1)
@@ -63,17 +63,6 @@ def services(settings: Settings) -> Iterator[Services]:
     built = build(settings)
     yield built
     built.close()
-
-
-def fire_due(services: Services, now: datetime) -> None:
-    """One round of the timer service: the steps due by `now` go to the step-due use case."""
-    with services.pool.connection() as conn, conn.cursor() as cur:
-        claimed = timers.claim_due(cur, now, 100)
-    services.app.handle_step_due("steps", [ConsumedRecord(
-        "s", 0, i, None, None, message=StepDueV1(
-            enrollment_id=t.enrollment_id, clinic_id=t.clinic_id, patient_id=t.patient_id,
-            step_index=t.step_index, due_at=t.due_at, held_until=t.held_until))
-        for i, t in enumerate(claimed)])
 
 
 def stopped_states(services: Services) -> dict[UUID, dict[str, Any]]:
