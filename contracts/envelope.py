@@ -6,6 +6,8 @@ Kafka protocol binding, both content modes:
   type, time, subject, clinicid, dataversion, data}`;
 - binary: the attributes are `ce_*` headers (`ce_specversion`, `ce_id`, `ce_clinicid`...)
   and the value is the data alone, as JSON.
+As the binding says, the `content-type` header decides: `application/cloudevents+json` is
+structured even when `ce_*` headers came along; otherwise `ce_specversion` means binary.
 The clinic is the extension attribute `clinicid` (extension names are lowercase letters
 and digits only); structured mode also accepts `clinic_id`, deprecated. The Kafka key is
 the patient id. `parse_cloudevent(value, headers, schemas)` returns a typed event or
@@ -109,7 +111,7 @@ class _Head(Contract):
     dataversion: int = 1
 
 
-def parse_cloudevent(value: bytes | None, headers: Sequence[tuple[str, bytes]],
+def parse_cloudevent(value: bytes | None, headers: Sequence[tuple[str, bytes | None]],
                      schemas: Mapping[tuple[str, int], type[Envelope[Any]]]) -> Envelope[Any]:
     """Parse one Kafka record, in binary or structured mode, into the envelope registered
     for its (type, dataversion).
@@ -120,10 +122,10 @@ def parse_cloudevent(value: bytes | None, headers: Sequence[tuple[str, bytes]],
     if value is None:
         raise InvalidMessage("malformed message: no value (a tombstone)")
     named = {k.lower(): v for k, v in headers}
-    if "ce_specversion" in named:
+    content_type = _text(named.get("content-type") or b"", "content-type")  # "": none
+    if "ce_specversion" in named and not content_type.startswith(STRUCTURED):
         return _validate(_binary_document(value, named), schemas)
-    content_type = _text(named.get("content-type") or STRUCTURED.encode(), "content-type")
-    if not content_type.startswith((STRUCTURED, "application/json")):
+    if content_type and not content_type.startswith((STRUCTURED, "application/json")):
         raise InvalidMessage(f"unsupported content-type {content_type!r} without ce_ headers")
     try:
         document = json.loads(value)
@@ -140,7 +142,7 @@ def parse_envelope(raw: bytes, schemas: Mapping[tuple[str, int],
     return parse_cloudevent(raw, (), schemas)
 
 
-def _binary_document(value: bytes, headers: Mapping[str, bytes]) -> dict[str, Any]:
+def _binary_document(value: bytes, headers: Mapping[str, bytes | None]) -> dict[str, Any]:
     content_type = _text(headers.get("content-type") or b"application/json", "content-type")
     if not content_type.startswith("application/json"):
         raise InvalidMessage(f"unsupported data content-type {content_type!r}")
@@ -153,7 +155,9 @@ def _binary_document(value: bytes, headers: Mapping[str, bytes]) -> dict[str, An
     return {**attributes, "data": data}
 
 
-def _text(raw: bytes, name: str) -> str:
+def _text(raw: bytes | None, name: str) -> str:
+    if raw is None:  # Kafka allows a header without a value
+        raise InvalidMessage(f"malformed message: header {name} has no value")
     try:
         return raw.decode()
     except UnicodeDecodeError:

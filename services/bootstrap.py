@@ -123,7 +123,7 @@ def build(settings: Settings | None = None, clock: Clock | None = None) -> Servi
     pool = build_pool(settings)
     broker = build_broker(settings)
     breaker = subscribers.Breaker()
-    subscribers.register(broker, settings, lambda: app, breaker)
+    subscribers.register(broker, settings, lambda: app, breaker, clock)
     publisher = BulkPublisher(settings.kafka_bootstrap, max_request_size=DEAD_LETTER_MAX_BYTES,
                               options=client_options(settings))
     events = LogListener(settings.database_url, app.recorder.channel_name)  # type: ignore[attr-defined]

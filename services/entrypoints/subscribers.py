@@ -12,7 +12,7 @@ FastStream (`SkipValidation`, a no-op decoder).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -27,11 +27,13 @@ from contracts.envelope import InvalidMessage, parse_cloudevent
 from contracts.receipts import DeliveryReceiptV1
 from contracts.timers import StepDueV1
 from contracts.topics import UPSTREAM_SCHEMAS, Topics, UpstreamEvent
+from services.adapters.clock import Clock
 from services.adapters.failures import Failure, classify
 from services.adapters.log_throttle import ThrottledLogger
 from services.application.app import DripApplication
 from services.application.records import ConsumedRecord, Headers
 from services.application.unit_of_work import UnitOfWork
+from services.entrypoints.metrics import observed
 from services.settings import Settings
 
 log = structlog.get_logger("drip.subscribers")
@@ -102,8 +104,9 @@ def consumed(records: Sequence[Any],
     """aiokafka records → `ConsumedRecord`s, each parsed or refused with its reason."""
     out: list[ConsumedRecord[M]] = []
     for r in records:
-        base = ConsumedRecord[M](r.topic, r.partition, r.offset, r.key, r.value,
-                                 tuple(r.headers or ()))
+        # Kafka allows a header without a value; drip records it as empty (b"")
+        headers = tuple((k, b"" if v is None else v) for k, v in r.headers or ())
+        base = ConsumedRecord[M](r.topic, r.partition, r.offset, r.key, r.value, headers)
         try:
             out.append(replace(base, message=parse(r.key, r.value, base.headers)))
         except InvalidMessage as exc:
@@ -188,16 +191,30 @@ def _undecoded(msg: Any) -> None:
     return None  # bodies are parsed in the handler, record by record
 
 
+async def _parsed_leniently(records: tuple[Any, ...],
+                            original: Callable[[tuple[Any, ...]], Awaitable[Any]]) -> Any:
+    """FastStream's batch parser decodes every header value as UTF-8: a value that is null
+    or not UTF-8 (both legal in Kafka) failed the whole batch, which was nacked and came
+    again for ever, stalling the partition. It parses copies with printable headers; the
+    handler still gets the original records (`raw_message`) and judges each itself."""
+    parsed = await original(tuple(replace(r, headers=[
+        (k, (v or b"").decode(errors="replace").encode()) for k, v in r.headers or ()])
+        for r in records))
+    parsed.raw_message = records
+    return parsed
+
+
 def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripApplication],
-             breaker: Breaker) -> None:
+             breaker: Breaker, clock: Clock | None = None) -> None:
     """Attach the upstream and step-due subscribers to `broker`; `app()` gives the
     application when a batch arrives (the AsyncAPI document registers them too, and
-    never starts its broker)."""
+    never starts its broker). Step-due lateness is measured on `clock` (the services'
+    clock: simulated in a replay; default the wall clock)."""
     topics = Topics(settings.topic_prefix)
     common: dict[str, Any] = dict(
         batch=True, max_records=settings.batch_size, batch_timeout_ms=20,
         max_partition_fetch_bytes=8 << 20, auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_undecoded)
+        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=_undecoded, parser=_parsed_leniently)
     upstream_group, step_group = settings.upstream_group, settings.step_due_group
 
     @broker.subscriber(*topics.upstream, group_id=upstream_group,
@@ -222,5 +239,5 @@ def register(broker: KafkaBroker, settings: Settings, app: Callable[[], DripAppl
     @broker.subscriber(topics.step_due, group_id=step_group, title=topics.step_due,
                        description="drip's timers: step.due v1", **common)
     async def on_step_due(body: SkipValidation[list[StepDueV1]], msg: KafkaMessage) -> None:
-        await handle_batch(step_group, app().handle_step_due,
+        await handle_batch(step_group, observed(app().handle_step_due, clock),
                            consumed(msg.raw_message, parse_step_due), breaker)  # type: ignore[arg-type]
