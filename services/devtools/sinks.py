@@ -287,6 +287,7 @@ class ProviderSink(_KeyCounts):
         super().__init__()
         self.attempts: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
+        self.accepted_at: list[float] = []  # epoch seconds of each accepted request
         self.callbacks_sent = 0
         self.callbacks_failed = 0
         self.callbacks_in_flight = 0
@@ -408,6 +409,7 @@ class ProviderSink(_KeyCounts):
             provider_id = self._ids.setdefault(key, f"msg_{uuid.uuid4().hex[:12]}")
             self.by_key[key] = self.by_key.get(key, 0) + 1
             self.requests.append(payload)
+            self.accepted_at.append(time.time())
         if first and self.callback_url is not None:
             with self._lock:
                 self.callbacks_in_flight += 1

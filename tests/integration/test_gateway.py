@@ -248,3 +248,39 @@ def _client(process: GatewayProcess) -> httpx.Client:
     from fastapi.testclient import TestClient
 
     return TestClient(webhooks(process.gateway, process.settings))
+
+
+def test_the_clinics_budget_holds_across_two_gateway_instances(
+        services: Services, settings: Settings) -> None:
+    """§5 throughput with two gateways sharing the work: the budget (10 SMS a second for the
+    clinic) is taken from PostgreSQL by both, so together they grant no more than 10 a
+    second: 60 messages need at least 6 one-second windows. Two budgets of their own would
+    let 20 a second through."""
+    for n in range(60):
+        patient(services, 1000 + 2 * n, f"p{n}", phone=f"+55279999{n:05d}")
+        services.app.handle_upstream("up", [booked(1001 + 2 * n, f"a{n}", f"p{n}")])
+    requests = [sent_request(services, f"a{n}") for n in range(60)]
+    with provider_sink(settings) as provider:
+        first, second = (gateway_for(settings, None, provider, gateway_rate=10.0)
+                         for _ in range(2))
+
+        async def both() -> list[int]:
+            batches = ([ConsumedRecord("d", 0, i, None, None, message=r)
+                        for i, r in enumerate(requests[part::2])] for part in (0, 1))
+            try:
+                return list(await asyncio.gather(*(p.gateway.handle(b) for p, b in
+                                                   zip((first, second), batches, strict=True))))
+            finally:
+                for p in (first, second):
+                    await p.gateway.close()
+        try:
+            assert asyncio.run(both()) == [30, 30]
+        finally:
+            first.close()
+            second.close()
+        assert sorted(provider.by_key.values()) == [1] * 60  # each once
+        times = sorted(provider.accepted_at)
+    granted_windows = int(times[-1]) - int(times[0]) + 1
+    assert granted_windows >= 6, f"60 messages in {granted_windows} one-second windows"
+    for start in times:  # any 3 seconds: at most 3 windows' budgets (+1 started late)
+        assert sum(start <= t < start + 3 for t in times) <= 40
