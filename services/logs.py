@@ -20,10 +20,13 @@ log = structlog.get_logger("drip.retry")
 def configure(settings: Settings) -> None:
     """Configure structlog (and the standard library's root logger) for this process:
     `json` renders one JSON object per line with an ISO-8601 UTC timestamp, `console` a
-    readable line; records below `settings.log_level` are dropped."""
+    readable line, `auto` JSON unless stderr is a terminal; records below
+    `settings.log_level` are dropped."""
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
+    json_lines = settings.log_format == "json" or (settings.log_format == "auto"
+                                                   and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if settings.log_format == "json"
+        structlog.processors.JSONRenderer() if json_lines
         else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,

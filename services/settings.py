@@ -41,8 +41,9 @@ class Settings(BaseSettings):
                                     "in-flight batch finish (seconds)")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged")
-    log_format: Literal["console", "json"] = Field(
-        "console", description="`json`: one JSON object per line; `console`: readable lines")
+    log_format: Literal["auto", "console", "json"] = Field(
+        "auto", description="`json`: one JSON object per line; `console`: readable lines; "
+        "`auto`: console on a terminal, else JSON (services under a supervisor, CI)")
     dataset_csv: Path | None = Field(None, description="The appointments CSV `drip demo` replays")
     # -- channel gateways (§6) --------------------------------------------------------
     smtp_host: str = Field("127.0.0.1", description="SMTP server of the e-mail gateway")
