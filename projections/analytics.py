@@ -80,12 +80,13 @@ WHERE v.event = 'AppointmentBooked'
 GROUP BY 1, 2, 3;
 
 CREATE OR REPLACE VIEW attribution_14d AS
-SELECT s.*, EXISTS (
-    SELECT 1 FROM bookings b
-    WHERE b.clinic_id = s.clinic_id AND b.patient_id = s.patient_id
-      AND b.booked_at > s.sent_at AND b.booked_at <= s.sent_at + interval '14 days'
-) AS booked_within_14d
-FROM dispatches s;
+SELECT s.*, coalesce(h.booked, false) AS booked_within_14d
+FROM dispatches s LEFT JOIN (
+    SELECT d.enrollment_id, d.step, true AS booked
+    FROM dispatches d JOIN bookings b ON b.clinic_id = d.clinic_id
+     AND b.patient_id = d.patient_id AND b.booked_at > d.sent_at
+     AND b.booked_at <= d.sent_at + interval '14 days'
+    GROUP BY 1, 2) h USING (enrollment_id, step);
 
 CREATE OR REPLACE VIEW campaign_summary AS
 SELECT c.clinic_id, c.campaign_id, c.name AS campaign, c.kind,
@@ -136,23 +137,25 @@ def funnel(cur: Cursor, clinic_id: str, since: datetime | None = None,
            until: datetime | None = None) -> list[dict[str, Any]]:
     """§7 funnel of the clinic's messages sent in `[since, until)` (UTC), per campaign, step,
     variant and channel: sent, delivered, failed, bounced, opened, clicked, and the
-    enrollments that responded or rebooked after that message (last touch)."""
+    enrollments that responded or rebooked after that message (last touch: the last
+    message sent before the enrollment stopped gets the credit)."""
     cur.execute(
         """
+        WITH s AS MATERIALIZED (
+            SELECT * FROM dispatches WHERE clinic_id = %(clinic)s),
+        last AS (
+            SELECT DISTINCT ON (s.enrollment_id) s.enrollment_id, s.step, n.stop_reason
+            FROM s JOIN enrollments n USING (enrollment_id)
+            WHERE n.stop_reason IN ('responded', 'appointment_booked')
+              AND s.sent_at <= n.ended_at
+            ORDER BY s.enrollment_id, s.sent_at DESC)
         SELECT s.campaign_id, s.campaign, s.step, coalesce(s.variant, '') AS variant,
                s.channel, count(*) AS sent, count(s.delivered_at), count(s.failed_at),
                count(s.bounced_at), count(s.opened_at), count(s.clicked_at),
-               count(*) FILTER (WHERE n.stop_reason = 'responded'
-                                AND n.ended_at >= s.sent_at AND NOT EXISTS (
-                   SELECT 1 FROM dispatches l WHERE l.enrollment_id = s.enrollment_id
-                   AND l.sent_at > s.sent_at AND l.sent_at <= n.ended_at)) AS responded,
-               count(*) FILTER (WHERE n.stop_reason = 'appointment_booked'
-                                AND n.ended_at >= s.sent_at AND NOT EXISTS (
-                   SELECT 1 FROM dispatches l WHERE l.enrollment_id = s.enrollment_id
-                   AND l.sent_at > s.sent_at AND l.sent_at <= n.ended_at)) AS rebooked
-        FROM dispatches s JOIN enrollments n USING (enrollment_id)
-        WHERE s.clinic_id = %(clinic)s
-          AND (%(since)s::timestamptz IS NULL OR s.sent_at >= %(since)s)
+               count(*) FILTER (WHERE l.stop_reason = 'responded') AS responded,
+               count(*) FILTER (WHERE l.stop_reason = 'appointment_booked') AS rebooked
+        FROM s LEFT JOIN last l ON l.enrollment_id = s.enrollment_id AND l.step = s.step
+        WHERE (%(since)s::timestamptz IS NULL OR s.sent_at >= %(since)s)
           AND (%(until)s::timestamptz IS NULL OR s.sent_at < %(until)s)
         GROUP BY 1, 2, 3, 4, 5 ORDER BY 2, 3, 4, 5
         """, {"clinic": clinic_id, "since": since, "until": until})
@@ -200,13 +203,16 @@ def attribution(cur: Cursor, clinic_id: str, days: int) -> list[dict[str, Any]]:
     many were followed by an appointment booked within `days` days (by the same patient)."""
     cur.execute(
         """
+        WITH s AS MATERIALIZED (SELECT * FROM dispatches WHERE clinic_id = %(clinic)s),
+        hit AS (
+            SELECT s.enrollment_id, s.step FROM s JOIN bookings b
+              ON b.clinic_id = %(clinic)s AND b.patient_id = s.patient_id
+             AND b.booked_at > s.sent_at
+             AND b.booked_at <= s.sent_at + make_interval(days => %(days)s)
+            GROUP BY 1, 2)
         SELECT s.campaign_id, s.campaign, s.step, s.channel, count(*) AS sent,
-               count(*) FILTER (WHERE EXISTS (
-                   SELECT 1 FROM bookings b
-                   WHERE b.clinic_id = s.clinic_id AND b.patient_id = s.patient_id
-                     AND b.booked_at > s.sent_at
-                     AND b.booked_at <= s.sent_at + make_interval(days => %(days)s))) AS booked
-        FROM dispatches s WHERE s.clinic_id = %(clinic)s
+               count(hit.step) AS booked
+        FROM s LEFT JOIN hit USING (enrollment_id, step)
         GROUP BY 1, 2, 3, 4 ORDER BY 2, 3, 4
         """, {"clinic": clinic_id, "days": days})
     names = ("campaign_id", "campaign", "step", "channel", "sent", "booked")
