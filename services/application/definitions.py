@@ -10,6 +10,7 @@ the step and the field, e.g.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
@@ -122,6 +123,19 @@ def clinic_settings(spec: ClinicSpec) -> ClinicSettings:
         holiday_subdivision=spec.holidays.subdivision if spec.holidays else None,
         closed_on=frozenset(spec.closed_on), limits=spec.limits.model_dump(mode="json"),
         phone=spec.phone, booking_url=spec.booking_url)
+
+
+def plain(data: Any) -> Any:
+    """`data` as plain JSON values (datetimes, UUIDs and the like as text)."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def definition_diff(old: CampaignDefinition, new: CampaignDefinition,
+                    new_label: str) -> list[str]:
+    """A unified diff of two versions' content as YAML (empty when they are equal)."""
+    a, b = (yaml.safe_dump(plain(d.content()), sort_keys=False, allow_unicode=True
+                           ).splitlines() for d in (old, new))
+    return list(difflib.unified_diff(a, b, f"version {old.version}", new_label, lineterm=""))
 
 
 def clinic_document(settings: ClinicSettings) -> dict[str, Any]:

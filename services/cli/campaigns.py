@@ -7,13 +7,12 @@ exits 2; an unknown campaign exits 3.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import yaml
@@ -28,8 +27,10 @@ from services.application.catalog import UnknownCampaign
 from services.application.definitions import (
     DefinitionError,
     compile_campaign,
+    definition_diff,
     load_campaign,
     load_clinic,
+    plain,
     read_campaign_spec,
 )
 from services.application.preview import preview
@@ -182,12 +183,8 @@ def campaign_show(name: NameArg, clinic: ClinicOpt = None,
         campaign = _campaign(app, name, clinic)
         d = campaign.at_version(version) if version else campaign.definition
         shown = {"status": str(d.status_at(campaign.status, datetime.now(UTC))),
-                 "versions": sorted(campaign.versions), **_plain(d.to_dict())}
+                 "versions": sorted(campaign.versions), **plain(d.to_dict())}
     typer.echo(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True))
-
-
-def _plain(data: Any) -> Any:
-    return json.loads(json.dumps(data, default=str))
 
 
 @campaign_app.command("diff")
@@ -200,9 +197,7 @@ def campaign_diff(file: FileArg) -> None:
         except UnknownCampaign:
             console.print(f"{new.clinic_id}/{new.name}: new campaign")
             raise typer.Exit(1) from None
-    a, b = (yaml.safe_dump(_plain(d.content()), sort_keys=False, allow_unicode=True
-                           ).splitlines() for d in (old, new))
-    lines = list(difflib.unified_diff(a, b, f"version {old.version}", str(file), lineterm=""))
+    lines = definition_diff(old, new, str(file))
     for line in lines:
         style = "green" if line.startswith("+") else "red" if line.startswith("-") else None
         console.print(line, style=style, highlight=False, markup=False)

@@ -47,7 +47,8 @@ _CALLBACK_CONCURRENCY = 16  # callbacks in flight at once, as a provider's webho
 
 
 class _KeyCounts:
-    """What a sink received, counted by idempotency key, behind one lock."""
+    """What a sink received, counted by idempotency key, behind one lock; a sink is a
+    context manager: `start()` on entry, `stop()` on exit."""
 
     def __init__(self) -> None:
         self.by_key: dict[str, int] = {}
@@ -62,6 +63,20 @@ class _KeyCounts:
         """How many arrived again for a key already seen: sum(n - 1)."""
         with self._lock:
             return sum(n - 1 for n in self.by_key.values())
+
+    def start(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
 
 
 # --------------------------------------------------------------------------------------- SMTP
@@ -148,14 +163,6 @@ class SmtpSink(_KeyCounts):
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # aiosmtpd hooks (called in the server's thread) ---------------------------------------
 
@@ -340,14 +347,6 @@ class ProviderSink(_KeyCounts):
         if thread.is_alive():
             server.force_exit = True
             thread.join(2.0)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # The app (runs in the server's thread and loop) ---------------------------------------
 

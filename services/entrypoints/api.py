@@ -15,7 +15,6 @@ API never writes a read-model table.
 
 import asyncio
 import csv
-import difflib
 import io
 import json
 import uuid
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-import uvicorn
 import yaml
 from fastapi import (
     APIRouter,
@@ -57,9 +55,15 @@ from projections import analytics, api_keys, campaign_stats, dead_letters, jobs
 from projections.api_keys import Principal
 from services.application.app import Conflict, DripApplication, UnknownEnrollment, event_time
 from services.application.catalog import UnknownCampaign
-from services.application.definitions import DefinitionError, compile_campaign
+from services.application.definitions import (
+    DefinitionError,
+    compile_campaign,
+    definition_diff,
+    plain,
+)
 from services.application.preview import preview
 from services.entrypoints import pages
+from services.entrypoints.http import serve_http
 from services.entrypoints.jobs import Jobs
 from services.settings import Settings
 
@@ -208,7 +212,7 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
             raise HTTPException(404, f"no version {version} of campaign {campaign_id}")
         d = campaign.at_version(version) if version else campaign.definition
         return {**_summary(campaign, datetime.now(UTC)), "version": d.version,
-                "versions": sorted(campaign.versions), "definition": _plain(d.to_dict())}
+                "versions": sorted(campaign.versions), "definition": plain(d.to_dict())}
 
     @v1.post("/campaigns/{campaign_id}/diff", tags=["campaigns"])
     async def diff_campaign(campaign_id: UUID, spec: CampaignSpec,
@@ -219,10 +223,7 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
         if new.id != old.id:
             raise HTTPException(422, [{"loc": ["body", "name"], "type": "value_error",
                                        "msg": f"this is campaign {old.name!r}"}])
-        a, b = (yaml.safe_dump(_plain(d.content()), sort_keys=False, allow_unicode=True
-                               ).splitlines() for d in (old, new))
-        lines = list(difflib.unified_diff(a, b, f"version {old.version}", "request",
-                                          lineterm=""))
+        lines = definition_diff(old, new, "request")
         return {"changed": bool(lines), "version": old.version, "diff": lines}
 
     @v1.post("/campaigns/{campaign_id}/preview", tags=["campaigns"])
@@ -464,13 +465,7 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
 
 async def serve_api(api: FastAPI, settings: Settings) -> None:
     """Serve `api` with uvicorn on `api_host:api_port` until cancelled."""
-    server = uvicorn.Server(uvicorn.Config(api, host=settings.api_host, port=settings.api_port,
-                                           log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    try:
-        await server.serve()
-    finally:
-        server.should_exit = True
+    await serve_http(api, settings.api_host, settings.api_port)
 
 
 # -- shapes -----------------------------------------------------------------------------
@@ -500,7 +495,7 @@ def _event(event: Any) -> dict[str, Any]:
               if k not in ("originator_id", "originator_version", "timestamp")}
     return {"event": type(event).__name__, "version": event.originator_version,
             "at": event_time(event), "recorded_at": event.timestamp,
-            "data": _plain(fields)}
+            "data": plain(fields)}
 
 
 def _letter(e: dead_letters.Entry) -> dict[str, Any]:
@@ -510,10 +505,6 @@ def _letter(e: dead_letters.Entry) -> dict[str, Any]:
             "redriven_at": e.redriven_at, "redriven_to": e.redriven_to,
             "headers": {k: v.decode(errors="replace") for k, v in d.headers},
             "payload": (d.value or b"").decode(errors="replace")[:10_000]}
-
-
-def _plain(data: Any) -> Any:
-    return json.loads(json.dumps(data, default=str))
 
 
 def _csv(found: list[dict[str, Any]]) -> PlainTextResponse:

@@ -36,7 +36,6 @@ from typing import Any
 
 import stamina
 import structlog
-import uvicorn
 from aiolimiter import AsyncLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -68,6 +67,7 @@ from services.adapters.channels import (
 )
 from services.application.app import DripApplication
 from services.application.records import ConsumedRecord
+from services.entrypoints.http import serve_http
 from services.entrypoints.subscribers import consumed
 from services.settings import Settings
 
@@ -384,15 +384,7 @@ def webhooks(gateway: Gateway, settings: Settings) -> FastAPI:
 
 async def serve_webhooks(gateway: Gateway, settings: Settings) -> None:
     """The webhook server (uvicorn) until cancelled."""
-    server = uvicorn.Server(uvicorn.Config(webhooks(gateway, settings),
-                                           host=settings.gateway_host,
-                                           port=settings.gateway_port, log_level="warning",
-                                           lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    try:
-        await server.serve()
-    finally:
-        server.should_exit = True
+    await serve_http(webhooks(gateway, settings), settings.gateway_host, settings.gateway_port)
 
 
 def adapters_for(settings: Settings, channels: Sequence[str]) -> dict[str, ChannelAdapter]:
