@@ -31,6 +31,7 @@ from uuid import UUID
 
 from psycopg import Cursor
 
+from projections import campaign_stats
 from projections.sql import rows
 
 EVENTS_TABLE = "drip_events"
@@ -261,8 +262,8 @@ def enrollments(cur: Cursor, clinic_id: str, *, campaign_id: UUID | None = None,
                 status: str | None = None,
                 stop_reason: str | None = None, due_before: datetime | None = None,
                 after: UUID | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The clinic's enrollments with their progress, filtered, ordered by id; `after` is
-    the cursor (the last id of the previous page)."""
+    """The clinic's enrollments with their progress (§3 "2/5 (40 %)"), filtered, ordered by
+    id; `after` is the cursor (the last id of the previous page)."""
     cur.execute(
         """
         SELECT n.enrollment_id, n.campaign_id, c.name, n.patient_id, n.subject, n.status,
@@ -282,4 +283,7 @@ def enrollments(cur: Cursor, clinic_id: str, *, campaign_id: UUID | None = None,
         """, {"clinic": clinic_id, "campaign": campaign_id, "patient": patient_id,
               "enrollment": enrollment_id, "status": status, "reason": stop_reason,
               "due": due_before, "after": after, "limit": limit})
-    return [dict(zip(ENROLLMENT_COLUMNS, r, strict=True)) for r in rows(cur)]
+    found = [dict(zip(ENROLLMENT_COLUMNS, r, strict=True)) for r in rows(cur)]
+    for item in found:
+        item["progress"] = campaign_stats.progress(item["steps_done"], item["total_steps"] or 0)
+    return found

@@ -313,8 +313,6 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
             status=status.value if status else None,
             stop_reason=stop_reason.value if stop_reason else None, due_before=due_before,
             after=cursor, limit=limit))
-        for item in items:
-            item["progress"] = campaign_stats.progress(item["steps_done"], item["total_steps"] or 0)
         return {"items": items,
                 "next_cursor": str(items[-1]["enrollment_id"]) if len(items) == limit else None}
 
@@ -387,14 +385,12 @@ def create_api(settings: Settings, app: DripApplication, pool: ConnectionPool,
         due time (UTC and the clinic's local time), stop reason, progress."""
         items = await asyncio.to_thread(run, lambda cur: analytics.enrollments(
             cur, who.clinic_id, patient_id=patient_id, limit=MAX_PAGE))
-        calendar_of = app.campaigns.calendar
-        for item in items:
-            item["progress"] = campaign_stats.progress(item["steps_done"], item["total_steps"] or 0)
-            due = item["next_due_at"]
-            clinic = app.campaigns.clinic(who.clinic_id)
-            if due is not None and clinic is not None:
-                item["next_due_local"] = calendar_of(who.clinic_id, clinic.time_zone
-                                                     ).local(due).isoformat()
+        clinic = app.campaigns.clinic(who.clinic_id)
+        if clinic is not None:
+            calendar = app.campaigns.calendar(who.clinic_id, clinic.time_zone)
+            for item in items:
+                if item["next_due_at"] is not None:
+                    item["next_due_local"] = calendar.local(item["next_due_at"]).isoformat()
         return items
 
     @v1.get("/patients/{patient_id}/timeline", tags=["patients"])

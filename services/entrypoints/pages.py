@@ -88,8 +88,6 @@ def router(app: DripApplication, run: Run[Any],
             return (analytics.enrollments(cur, me.clinic_id, patient_id=patient_id),
                     analytics.timeline(cur, me.clinic_id, patient_id=patient_id))
         sequences, events = await asyncio.to_thread(run, read)
-        for s in sequences:
-            s["progress"] = campaign_stats.progress(s["steps_done"], s["total_steps"] or 0)
         return page("timeline.html", me=me, title=f"Patient {patient_id}",
                     sequences=sequences, events=events)
 
@@ -104,8 +102,6 @@ def router(app: DripApplication, run: Run[Any],
         sequences, events = await asyncio.to_thread(run, read)
         if not sequences:
             return page("missing.html", status=404, me=me, what=f"enrollment {enrollment_id}")
-        for s in sequences:
-            s["progress"] = campaign_stats.progress(s["steps_done"], s["total_steps"] or 0)
         return page("timeline.html", me=me, title=f"Enrollment {enrollment_id}",
                     sequences=sequences, events=events)
 
